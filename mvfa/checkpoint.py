@@ -1,0 +1,81 @@
+"""Adapter checkpoints in the authors' format: `{'seg_adapters': state_dict, 'det_adapters': state_dict}`."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from CLIP.adapter import MultiLevelAdaptedCLIP
+
+ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or does not fit the model; the message says how to fix it."""
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSON beside a checkpoint that records how it was made."""
+    return Path(path).with_suffix('.json')
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_adapters(model: MultiLevelAdaptedCLIP, path: str | Path, metadata: Optional[Dict] = None) -> None:
+    """Save the adapters (and, if given, a JSON sidecar of how they were made) atomically."""
+    path = Path(path)
+    state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
+    _atomic_write(path, lambda temporary: torch.save(state, temporary))
+    if metadata is not None:
+        text = json.dumps(metadata, indent=2, default=str)
+        _atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
+
+
+def read_checkpoint(path: str | Path) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The adapter state dicts of a checkpoint saved by us or by the authors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'no checkpoint at {path}: train one first (train_few.py / train_zero.py '
+                              f'with the same --obj) or put the authors\' released .pth files there')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # damaged files raise many types
+        raise CheckpointError(f'cannot read checkpoint {path} ({type(error).__name__}): it is damaged') from None
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in ADAPTER_KEYS):
+        raise CheckpointError(f'{path} is not an MVFA checkpoint: it needs the keys {", ".join(ADAPTER_KEYS)}')
+    return checkpoint
+
+
+def load_adapters(model: MultiLevelAdaptedCLIP, path: str | Path,
+                  checkpoint: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> None:
+    """Load the adapters of `path` (or its already read `checkpoint`), checking they fit the model first."""
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+    for key in ADAPTER_KEYS:
+        expected = getattr(model, key).state_dict()
+        found = checkpoint[key]
+        if set(found) != set(expected):
+            raise CheckpointError(
+                f'{path} has {len(found) // 2} {key} levels, the model {len(expected) // 2} '
+                f'(--features_list {" ".join(map(str, model.features))}): pass the --features_list it was trained with')
+        for name, tensor in found.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(
+                    f'{path}: {key}.{name} has shape {tuple(tensor.shape)}, the model needs '
+                    f'{tuple(expected[name].shape)}: pass the --model_name it was trained with')
+    for key in ADAPTER_KEYS:
+        getattr(model, key).load_state_dict(checkpoint[key])

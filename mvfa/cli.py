@@ -1,0 +1,148 @@
+"""What the four scripts share: their flags, the set-up of seed, device and model, errors, result files."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, ContextManager, Dict, List, Optional
+
+import torch
+from open_clip.model import CLIP
+from torch import Tensor
+
+from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
+from dataset.bmad import OBJECTS, DataError
+from dataset.medical_few import DEFAULT_SEED_DIR
+from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint
+from mvfa.engine import Evaluation, autocast
+from prompt import encode_text_with_prompt_ensemble
+from utils import setup_seed
+
+# Problems with the user's input: reported as one line, never as a traceback.
+USER_ERRORS = (DataError, WeightsError, CheckpointError)
+
+
+def parser(description: str, obj: str, save_path: str, few_shot: bool, training: bool,
+           learning_rate: float = 1e-3) -> argparse.ArgumentParser:
+    """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--model_name', default='ViT-L-14-336',
+                   help='open_clip model name, a config name in CLIP/model_configs (e.g. tiny-clip), or a JSON path')
+    p.add_argument('--pretrain', default='openai',
+                   help="'openai' (CLIP/ckpt/ViT-L-14-336px.pt, else open_clip's download), a weights file, or 'none'")
+    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
+    p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
+    p.add_argument('--batch_size', type=int, default=1 if training else 16,
+                   help='images per training step' if training else 'images per inference batch (scores do not depend on it)')
+    p.add_argument('--save_path', default=save_path, help='folder of the <Obj>.pth adapter checkpoints')
+    p.add_argument('--img_size', type=int, default=240, help='input resolution (the paper: 240)')
+    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
+                   help='1-based transformer blocks that get adapters')
+    p.add_argument('--seed', type=int, default=111)
+    p.add_argument('--device', default=None, help='cuda, mps or cpu (default: cuda if available, else mps, else cpu)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
+                   help='autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere')
+    p.add_argument('--quick_gelu', action='store_true',
+                   help="QuickGELU, as OpenAI trained CLIP (the authors' numbers use exact GELU)")
+    p.add_argument('--results', type=Path, default=None, help='write the scores and AUROCs to this JSON file')
+    if few_shot:
+        p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images')
+        p.add_argument('--iterate', type=int, default=0,
+                       help='which draw of the seed list (a-<i>/n-<i>); < 0: seeded random draw')
+        p.add_argument('--fewshot_seed_dir', type=Path, default=DEFAULT_SEED_DIR,
+                       help='folder of <Obj>/<k>-shot.txt seed lists')
+    if training:
+        p.add_argument('--epoch', type=int, default=50, help='epochs')
+        p.add_argument('--learning_rate', type=float, default=learning_rate, help='Adam learning rate')
+        p.add_argument('--save_model', type=int, default=1, help='1: save the selected adapters, 0: do not')
+        p.add_argument('--eval_batch_size', type=int, default=16,
+                       help='images per inference batch for model selection (scores do not depend on it)')
+    elif few_shot:
+        # The authors' test_few.py took its training flags too; accepted so their commands still run.
+        for flag in ('--epoch', '--learning_rate', '--save_model'):
+            p.add_argument(flag, type=float, help=argparse.SUPPRESS)
+    return p
+
+
+def pick_device(name: Optional[str]) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if torch.backends.mps.is_available():
+        return torch.device('mps')
+    return torch.device('cpu')
+
+
+class Session:
+    """Seed, device and precision from the shared flags; `load_model` builds the frozen CLIP and adapters.
+
+    Scripts read their data before calling `load_model`, so a data problem is reported at once.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.obj not in OBJECTS:
+            raise DataError(f"unknown --obj '{args.obj}': choose one of {', '.join(OBJECTS)}")
+        setup_seed(args.seed)
+        self.args = args
+        self.device = pick_device(args.device)
+        self.precision = args.precision if args.precision != 'auto' else (
+            'fp16' if self.device.type == 'cuda' else 'fp32')
+        self.clip: Optional[CLIP] = None
+
+    def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
+        args = self.args
+        adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
+        pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
+        self.clip = create_model(args.model_name, args.img_size, pretrained, self.device, args.quick_gelu)
+        try:
+            model = MultiLevelAdaptedCLIP(self.clip, args.features_list)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        if adapters is not None:
+            load_adapters(model, checkpoint, adapters)
+        return model.to(self.device)
+
+    def autocast(self) -> ContextManager:
+        return autocast(self.device, self.precision)
+
+    @torch.no_grad()  # not inference_mode: training reads these features under autograd
+    def text_features(self, obj: str) -> Tensor:
+        with self.autocast():
+            return encode_text_with_prompt_ensemble(self.clip, obj, self.device).float()
+
+    def loader_options(self) -> Dict:
+        """Worker processes on CUDA, where loading images would otherwise starve the GPU."""
+        return {'num_workers': 4, 'pin_memory': True} if self.device.type == 'cuda' else {}
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.args.save_path) / f'{self.args.obj}.pth'
+
+
+def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluation, **extra) -> Dict:
+    """The contents of a `--results` file."""
+    return {
+        'obj': args.obj, 'setting': setting, 'shot': getattr(args, 'shot', None),
+        'image_auroc': evaluation.image_auroc, 'pixel_auroc': evaluation.pixel_auroc,
+        'image_scores': evaluation.image_scores.tolist(), 'labels': evaluation.labels.tolist(),
+        **extra, 'flags': {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    }
+
+
+def write_results(path: Optional[Path], record: Dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2), encoding='utf-8')
+    print(f'results written to {path}')
+
+
+def run(main: Callable[[Optional[List[str]]], None], argv: Optional[List[str]] = None) -> int:
+    """Run a script's main; a problem with the user's input becomes one line and exit status 2."""
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    return 0

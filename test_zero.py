@@ -1,0 +1,28 @@
+"""Zero-shot MVFA test: score an object never seen in training with its text prompts alone."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from torch.utils.data import DataLoader
+
+from dataset.medical_zero import MedTestDataset
+from mvfa.cli import Session, parser, results_record, run, write_results
+from mvfa.engine import Evaluation, evaluate
+
+
+def main(argv: Optional[List[str]] = None) -> Evaluation:
+    args = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
+                  training=False).parse_args(argv)
+    session = Session(args)
+    data = MedTestDataset(args.data_path, args.obj, args.img_size)
+    model = session.load_model(session.checkpoint_path())
+    loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
+    evaluation = evaluate(model, loader, session.text_features(args.obj), data.seg_flag, args.img_size,
+                          session.device, session.precision)
+    print(evaluation.report(args.obj))
+    write_results(args.results, results_record(args, 'zero-shot', evaluation))
+    return evaluation
+
+
+if __name__ == '__main__':
+    raise SystemExit(run(main))
