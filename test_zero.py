@@ -1,25 +1,34 @@
 """Zero-shot MVFA test: score an object never seen in training with its text prompts alone."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 from torch.utils.data import DataLoader
 
 from dataset.medical_zero import MedTestDataset
+from dataset.validate import validate_object
 from mvfa.cli import Session, parser, results_record, run, write_results
 from mvfa.engine import Evaluation, evaluate
+from mvfa.visualize import save_evaluation_heatmaps
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    args = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
-                  training=False).parse_args(argv)
+    arguments = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
+                       training=False)
+    arguments.add_argument('--save_vis', type=Path, default=None,
+                           help='write a heatmap PNG per test image to this folder')
+    args = arguments.parse_args(argv)
     session = Session(args)
+    validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
     model = session.load_model(session.checkpoint_path())
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
     evaluation = evaluate(model, loader, session.text_features(args.obj), data.seg_flag, args.img_size,
-                          session.device, session.precision)
+                          session.device, session.precision, keep_maps=args.save_vis is not None)
     print(evaluation.report(args.obj))
+    if args.save_vis is not None:
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
     write_results(args.results, results_record(args, 'zero-shot', evaluation))
     return evaluation
 

@@ -58,7 +58,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Weights from an OpenAI TorchScript archive or a (possibly wrapped) plain state dict, in fp32."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f'weights file {path} does not exist')
+        raise WeightsError(f'weights file {path} does not exist: put the CLIP weights there, or pass --pretrain '
+                           f'openai (read from {LOCAL_WEIGHTS["ViT-L-14-336"]} or downloaded) or none')
     try:
         if is_torchscript_archive(path):
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
@@ -117,9 +118,10 @@ def create_model(
         raise WeightsError(f"'{model_name}' is not a plain CLIP (ViT image tower, CLIP text tower)")
     config['vision_cfg']['image_size'] = img_size
     config['quick_gelu'] = quick_gelu
+    # Weights first: a missing or damaged file is reported before a large model is built.
+    state_dict = read_state_dict(resolve_weights(model_name, pretrained)) if pretrained else None
     model = CLIP(**config)
-    if pretrained:
-        state_dict = read_state_dict(resolve_weights(model_name, pretrained))
+    if state_dict is not None:
         resize_pos_embed(state_dict, model)
         try:
             model.load_state_dict(state_dict, strict=True)

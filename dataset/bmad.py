@@ -20,6 +20,8 @@ OBJECTS = ('Brain', 'Liver', 'Retina_RESC', 'Retina_OCT2017', 'Chest', 'Histopat
 SEGMENTATION_OBJECTS = ('Brain', 'Liver', 'Retina_RESC')
 IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
 NORMAL, ABNORMAL = 'good', 'Ungood'
+# PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
+HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
 
 
 class DataError(ValueError):
@@ -63,14 +65,20 @@ def mask_path(image: Path) -> Path:
     return mask
 
 
-def open_image(path: Path) -> Image.Image:
-    """An image as 8-bit RGB: 16-bit and float images are scaled to 8 bits first, alpha is dropped."""
+def read_image(path: Path) -> Image.Image:
+    """An image file decoded as stored; a file that does not decode is named."""
     try:
         image = Image.open(path)
         image.load()
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(f'cannot read image {path} ({error}): replace or remove the file') from None
-    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+    return image
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image as 8-bit RGB: 16-bit and float images are scaled to 8 bits first, alpha is dropped."""
+    image = read_image(path)
+    if image.mode in HIGH_DEPTH_MODES:
         pixels = np.asarray(image, dtype=np.float64)
         full_scale = 65535.0 if image.mode.startswith('I;16') or pixels.max() > 255 else 255.0
         image = Image.fromarray(np.clip(pixels / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
@@ -87,8 +95,13 @@ def load_image(path: Path, img_size: int) -> Tensor:
 
 
 def load_mask(path: Path, img_size: int) -> Tensor:
-    """A (1, S, S) mask of 0 and 1; masks stored as 0/1 and as 0/255 both work."""
-    mask = open_image(path).convert('L')
+    """A (1, S, S) mask of 0 and 1; masks stored as 0/1 and as 0/255 both work, in 8 or 16 bits."""
+    raw = read_image(path)
+    if raw.mode in HIGH_DEPTH_MODES:
+        # Scaling a 16-bit 0/1 mask to 8 bits would erase it: any positive label is abnormal.
+        mask = Image.fromarray((np.asarray(raw) > 0).astype(np.uint8) * 255)
+    else:
+        mask = raw.convert('L')
     if mask.getextrema()[1] == 1:
         mask = mask.point(lambda value: value * 255)
     resized = transforms.Resize((img_size, img_size), Image.NEAREST)(mask)

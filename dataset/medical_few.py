@@ -37,11 +37,14 @@ class MedDataset(MedTestDataset):
     `a-<iterate>:`). With `iterate` < 0, or when that file is missing, they are drawn with
     `random.sample` (seed it first), the latter with a warning.
     Attributes: `fewshot_norm_img` (k, 3, S, S), `fewshot_abnorm_img` (k, 3, S, S) and
-    `fewshot_abnorm_mask` (k, 1, S, S), None for classification objects.
+    `fewshot_abnorm_mask` (k, 1, S, S), None for classification objects. With `normal_only`
+    no abnormal support is drawn (both abnormal attributes are None): the memory bank needs
+    normal images alone, so `valid/Ungood` and the seed lists' `a-` lines may be missing.
     """
 
     def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = 240,
-                 shot: int = 4, iterate: int = -1, seed_dir: str | Path = DEFAULT_SEED_DIR) -> None:
+                 shot: int = 4, iterate: int = -1, seed_dir: str | Path = DEFAULT_SEED_DIR,
+                 normal_only: bool = False) -> None:
         super().__init__(dataset_path, class_name, resize)
         if shot < 1:
             raise DataError(f'--shot must be a positive integer, got {shot}')
@@ -51,9 +54,12 @@ class MedDataset(MedTestDataset):
         if iterate >= 0 and not self.seed_list.is_file():
             warnings.warn(f'no few-shot seed list {self.seed_list}: drawing the {shot}-shot support '
                           f'images at random (seeded)', stacklevel=2)
+        # The files drawn, so that model selection on valid/ can leave them out.
+        self.support_images: List[Path] = []
         # Normal images are drawn first, as in the authors' code, so seeded draws match theirs.
         self.fewshot_norm_img, _ = self._support(NORMAL, 'n')
-        self.fewshot_abnorm_img, self.fewshot_abnorm_mask = self._support(ABNORMAL, 'a')
+        self.fewshot_abnorm_img, self.fewshot_abnorm_mask = (
+            (None, None) if normal_only else self._support(ABNORMAL, 'a'))
 
     def _pick(self, folder: Path, kind: str) -> List[Path]:
         available = list_images(folder)
@@ -72,6 +78,7 @@ class MedDataset(MedTestDataset):
 
     def _support(self, label: str, kind: str) -> Tuple[Tensor, Optional[Tensor]]:
         chosen = self._pick(self.root / 'valid' / label / 'img', kind)
+        self.support_images += chosen
         images = torch.stack([load_image(p, self.resize) for p in chosen])
         if label == NORMAL or not self.seg_flag:
             return images, None

@@ -23,7 +23,7 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix('.json')
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
@@ -40,10 +40,10 @@ def save_adapters(model: MultiLevelAdaptedCLIP, path: str | Path, metadata: Opti
     """Save the adapters (and, if given, a JSON sidecar of how they were made) atomically."""
     path = Path(path)
     state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
-    _atomic_write(path, lambda temporary: torch.save(state, temporary))
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
     if metadata is not None:
         text = json.dumps(metadata, indent=2, default=str)
-        _atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
+        atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Dict[str, torch.Tensor]]:

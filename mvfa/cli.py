@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, List, Optional
 
+import numpy as np
 import torch
 from open_clip.model import CLIP
 from torch import Tensor
@@ -14,8 +16,10 @@ from torch import Tensor
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from dataset.bmad import OBJECTS, DataError
 from dataset.medical_few import DEFAULT_SEED_DIR
-from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint
+from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
 from mvfa.engine import Evaluation, autocast
+from mvfa.metrics import image_metrics, pixel_metrics
+from mvfa.selection import SELECTION_MODES, ModelSelection
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
@@ -58,6 +62,12 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
         p.add_argument('--save_model', type=int, default=1, help='1: save the selected adapters, 0: do not')
         p.add_argument('--eval_batch_size', type=int, default=16,
                        help='images per inference batch for model selection (scores do not depend on it)')
+        p.add_argument('--selection', choices=SELECTION_MODES, default='test',
+                       help="which state is kept and reported: 'test' the best on the test set (the paper), "
+                            "'valid' the best on valid/ minus the support images, 'last' the final one")
+        if few_shot:
+            p.add_argument('--resume', action='store_true',
+                           help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
     elif few_shot:
         # The authors' test_few.py took its training flags too; accepted so their commands still run.
         for flag in ('--epoch', '--learning_rate', '--save_model'):
@@ -120,14 +130,39 @@ class Session:
         return Path(self.args.save_path) / f'{self.args.obj}.pth'
 
 
+def flag_values(args: argparse.Namespace) -> Dict:
+    """The flags as JSON values."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def extra_metrics(evaluation: Evaluation) -> Dict[str, Optional[float]]:
+    """AP, F1-max and (pixel) AUPRO beside the AUROCs; pixel ones are None for objects without masks
+    (and for a selection kept from before a --resume, which stores no per-pixel arrays)."""
+    image = image_metrics(evaluation.labels, evaluation.image_scores)
+    pixel = pixel_metrics(evaluation.masks, evaluation.pixel_scores) if evaluation.pixel_scores is not None else {}
+    return {'image_ap': image['ap'], 'image_f1_max': image['f1_max'], 'pixel_ap': pixel.get('ap'),
+            'pixel_f1_max': pixel.get('f1_max'), 'pixel_aupro': pixel.get('aupro')}
+
+
 def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluation, **extra) -> Dict:
-    """The contents of a `--results` file."""
+    """The contents of a `--results` file; `selection` is the training scripts' --selection, else None."""
     return {
         'obj': args.obj, 'setting': setting, 'shot': getattr(args, 'shot', None),
-        'image_auroc': evaluation.image_auroc, 'pixel_auroc': evaluation.pixel_auroc,
+        'selection': getattr(args, 'selection', None),
+        'image_auroc': evaluation.image_auroc, 'pixel_auroc': evaluation.pixel_auroc, **extra_metrics(evaluation),
         'image_scores': evaluation.image_scores.tolist(), 'labels': evaluation.labels.tolist(),
-        **extra, 'flags': {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        **extra, 'flags': flag_values(args),
     }
+
+
+def adapter_saver(args: argparse.Namespace, session: Session, setting: str
+                  ) -> Optional[Callable[[MultiLevelAdaptedCLIP, Dict], None]]:
+    """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
+    if args.save_model != 1:
+        return None
+    path = session.checkpoint_path()
+    return lambda model, selection: save_adapters(
+        model, path, {'setting': setting, **selection, 'flags': flag_values(args)})
 
 
 def write_results(path: Optional[Path], record: Dict) -> None:
@@ -138,11 +173,42 @@ def write_results(path: Optional[Path], record: Dict) -> None:
     print(f'results written to {path}')
 
 
+def report_epoch(epoch: int, losses: List[float]) -> None:
+    """Print an epoch's mean loss, warning about the steps skipped for a non-finite loss."""
+    skipped = int(np.isnan(losses).sum())
+    if skipped:
+        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', stacklevel=2)
+    print(f'epoch {epoch}: loss {np.nanmean(losses):.4f}')
+
+
+def finish_training(args: argparse.Namespace, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
+                    test: Callable[[], Evaluation], last_step: str) -> Evaluation:
+    """Score the selected state on the test set, print it and write the results file."""
+    result, step = selection.tested(model, test, last_step)
+    print(f'test set, {step}:\n{result.report(args.obj)}')
+    write_results(args.results, results_record(args, setting, result, selected=step))
+    return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was kept."""
+
+    def __init__(self, selection: ModelSelection, checkpoint: Path) -> None:
+        kept = selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
+        super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
+                         else 'no checkpoint was saved yet')
+
+
 def run(main: Callable[[Optional[List[str]]], None], argv: Optional[List[str]] = None) -> int:
-    """Run a script's main; a problem with the user's input becomes one line and exit status 2."""
+    """Run a script's main; a problem with the user's input becomes one line and exit status 2,
+    Ctrl-C one line and status 130 (the shell's for SIGINT)."""
     try:
         main(argv)
     except USER_ERRORS as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
+        print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
+        return 130
     return 0

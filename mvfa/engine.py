@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager, List, Optional, Sequence
+from typing import ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ class Evaluation:
     masks: Optional[np.ndarray] = None
     pixel_scores: Optional[np.ndarray] = None
     pixel_auroc: Optional[float] = None
+    # (N, S, S) maps in [0, 1] for heatmaps, every object (`evaluate(keep_maps=True)`).
+    maps: Optional[np.ndarray] = None
 
     @property
     def selection_score(self) -> float:
@@ -72,11 +74,12 @@ def build_memory_bank(model: MultiLevelAdaptedCLIP, normal_images: Tensor, batch
 @torch.inference_mode()
 def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Tensor, with_masks: bool,
              img_size: int, device: torch.device, precision: str = 'fp32',
-             bank: Optional[MemoryBank] = None, progress: bool = True) -> Evaluation:
+             bank: Optional[MemoryBank] = None, progress: bool = True, keep_maps: bool = False) -> Evaluation:
     """Score a test set: zero-shot alone, or fused with the memory bank when one is given.
 
     Objects with masks are scored on the seg head (image score: the max of the fused map in the
-    few-shot setting); the others on the det head.
+    few-shot setting); the others on the det head. `keep_maps` also keeps a map per image in
+    `maps`: the pixel scores, or for the others maps of the det head their image scores come from.
     """
     labels, masks, image_parts, map_parts = [], [], {'zero': [], 'few': []}, {'zero': [], 'few': []}
     for images, batch_labels, batch_masks in tqdm(loader, desc='test', leave=False, disable=not progress):
@@ -87,29 +90,41 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
             if bank is not None and not with_masks:
                 few_maps = scoring.few_shot_maps(det, bank.det, img_size)
                 image_parts['few'].append(few_maps.flatten(1).mean(dim=1))
+                if keep_maps:
+                    map_parts['few'].append(few_maps)
             if with_masks:
                 map_parts['zero'].append(scoring.zero_shot_maps(seg, text_features, img_size).float())
                 if bank is not None:
                     map_parts['few'].append(scoring.few_shot_maps(seg, bank.seg, img_size))
+            elif keep_maps:
+                map_parts['zero'].append(scoring.zero_shot_maps(det, text_features, img_size).float())
         labels.append(batch_labels)
         masks.append(batch_masks[:, 0] > 0.5)
     labels_np = torch.cat(labels).numpy().astype(np.int64)
-    if bank is None:
-        image_scores = scoring.min_max_normalise(torch.cat(image_parts['zero']))
-        pixel_scores = scoring.min_max_normalise(torch.cat(map_parts['zero'])) if with_masks else None
-    elif with_masks:
-        pixel_scores = scoring.fuse(torch.cat(map_parts['zero']), torch.cat(map_parts['few']))
-        image_scores = pixel_scores.flatten(1).amax(dim=1)
+    if with_masks:
+        pixel_scores = normalised_scores(map_parts)
+        image_scores = normalised_scores(image_parts) if bank is None else pixel_scores.flatten(1).amax(dim=1)
     else:
         pixel_scores = None
-        image_scores = scoring.fuse(torch.cat(image_parts['zero']), torch.cat(image_parts['few']))
+        image_scores = normalised_scores(image_parts)
     result = Evaluation(labels=labels_np, image_scores=image_scores.cpu().numpy(),
                         image_auroc=auroc(labels_np, image_scores.cpu().numpy()))
     if pixel_scores is not None:
         result.masks = torch.cat(masks).numpy()
         result.pixel_scores = pixel_scores.cpu().numpy()
         result.pixel_auroc = auroc(result.masks, result.pixel_scores)
+    if keep_maps:
+        result.maps = result.pixel_scores if with_masks else normalised_scores(map_parts).cpu().numpy()
     return result
+
+
+def normalised_scores(parts: Dict[str, List[Tensor]]) -> Tensor:
+    """The batches of zero-shot scores normalised over the test set, fused with the few-shot
+    ones where there are any."""
+    zero_shot = torch.cat(parts['zero'])
+    if not parts['few']:
+        return scoring.min_max_normalise(zero_shot)
+    return scoring.fuse(zero_shot, torch.cat(parts['few']))
 
 
 class MVFALoss:

@@ -96,8 +96,13 @@ def few_shot_maps(tokens: Tokens, banks: Sequence[Tensor], img_size: int) -> Ten
 
 
 def min_max_normalise(scores: Tensor) -> Tensor:
-    """Scale to [0, 1] over everything given (a whole test set), as the authors do before fusing."""
+    """Scale to [0, 1] over everything given (a whole test set), as the authors do before fusing.
+
+    Constant scores become zeros (all tied) rather than the authors' 0 / 0 = NaN.
+    """
     low, high = scores.min(), scores.max()
+    if high == low:
+        return torch.zeros_like(scores)
     return (scores - low) / (high - low)
 
 

@@ -1,0 +1,97 @@
+"""Check a data set before any model is loaded, so a bad file costs seconds, not a lost run.
+
+Every problem raises `DataError` with one line that names it and the fix: an unknown object,
+a missing or empty folder, an Ungood image without a mask or with a mask of another size, an
+image or mask that does not decode, a `--shot` larger than the support images, a seed list
+that names missing files.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from .bmad import ABNORMAL, NORMAL, OBJECTS, DataError, has_masks, list_images, mask_path, object_root, read_image
+from .medical_few import DEFAULT_SEED_DIR, read_seed_list, seed_list_path
+
+# Above this many files a progress bar shows that the check is working (BrainMRI has 3715 test images).
+PROGRESS_FROM = 200
+
+ImageAndMask = Tuple[Path, Optional[Path]]
+
+
+def _check_pair(pair: ImageAndMask) -> None:
+    """Decode an image (and its mask): `read_image` names a file that does not decode."""
+    image, mask = pair
+    width, height = read_image(image).size
+    if mask is not None:
+        mask_width, mask_height = read_image(mask).size
+        if (mask_width, mask_height) != (width, height):
+            raise DataError(f'mask {mask} is {mask_width}x{mask_height} px but its image {image} is '
+                            f'{width}x{height} px: give every mask the size of its image')
+
+
+def _split_files(root: Path, split: str, with_masks: bool, labels: Sequence[str]) -> List[ImageAndMask]:
+    return [(p, mask_path(p) if with_masks and label == ABNORMAL else None)
+            for label in labels for p in list_images(root / split / label / 'img')]
+
+
+def _check_support(root: Path, obj: str, shot: int, iterate: Optional[int], seed_dir: Path,
+                   labels: Sequence[str]) -> None:
+    """The k-shot support set can be drawn: from the seed list if it is used, else from `valid/`."""
+    if shot < 1:
+        raise DataError(f'--shot must be a positive integer, got {shot}')
+    seed_list = seed_list_path(seed_dir, obj, shot)
+    for label in labels:
+        kind = 'n' if label == NORMAL else 'a'
+        folder = root / 'valid' / label / 'img'
+        if iterate is not None and iterate >= 0 and seed_list.is_file():
+            names = read_seed_list(seed_list, kind, iterate)[:shot]
+            missing = [name for name in names if not (folder / name).is_file()]
+            if missing:
+                raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {folder}: '
+                                f'{", ".join(missing)}; fix the list or pass --fewshot_seed_dir')
+            source = f'{seed_list} line {kind}-{iterate}'
+        else:
+            names = list_images(folder)
+            source = str(folder)
+        if len(names) < shot:
+            raise DataError(f'--shot {shot} needs {shot} {label} support images, {source} has {len(names)}: '
+                            f'use a smaller --shot')
+
+
+def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = None, shot: Optional[int] = None,
+                    iterate: Optional[int] = None, seed_dir: Optional[str | Path] = None,
+                    splits: Optional[Sequence[str]] = None, normal_only: bool = False) -> int:
+    """Check one object's data; returns how many image files were decoded.
+
+    `splits` defaults to ('valid', 'test') when a `shot` is given (the support set comes from
+    `valid/`), else ('test',). With `normal_only` (a memory bank of normal images alone)
+    `valid/Ungood` and the seed lists' `a-` lines are not needed.
+    """
+    if img_size is not None and img_size < 1:
+        raise DataError(f'--img_size must be a positive integer, got {img_size}')
+    root = object_root(data_path, obj)
+    splits = splits or (('valid', 'test') if shot is not None else ('test',))
+    support_labels = (NORMAL,) if normal_only else (NORMAL, ABNORMAL)
+    files = [pair for split in splits for pair in _split_files(
+        root, split, has_masks(obj), support_labels if split == 'valid' else (NORMAL, ABNORMAL))]
+    if shot is not None:
+        _check_support(root, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
+    # Decoding is mostly outside the GIL, so threads help; map keeps the files' order for the first error,
+    # after which the files not yet started are dropped.
+    pool = ThreadPoolExecutor()
+    try:
+        for _ in tqdm(pool.map(_check_pair, files), total=len(files), desc=f'checking {obj} data',
+                      leave=False, disable=len(files) <= PROGRESS_FROM):
+            pass
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return sum(1 + (mask is not None) for _, mask in files)
+
+
+def validate_leave_one_out(data_path: str | Path, target: str, img_size: Optional[int] = None) -> int:
+    """Zero-shot training reads the test splits of the target and of the five other objects."""
+    return sum(validate_object(data_path, obj, img_size) for obj in [target] + [o for o in OBJECTS if o != target])

@@ -1,0 +1,110 @@
+"""Resume state of few-shot training: all that continuing after the last finished epoch needs.
+
+Saved atomically after every epoch as `<save_path>/<Obj>.resume.pt`: the adapters, both
+optimizers, the epoch, the model selection so far and the random generators' states, so a
+resumed run continues as the uninterrupted one would have. The kept evaluation is stored without
+its per-pixel arrays (a BrainMRI test set's would take a gigabyte): a resumed run reports its
+AUROCs and image scores, not the pixel AP/AUPRO of an epoch before the interruption.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from CLIP.adapter import MultiLevelAdaptedCLIP
+from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
+from mvfa.engine import Evaluation
+from mvfa.selection import ModelSelection
+
+# Per-pixel arrays of an evaluation, left out of the resume state for their size.
+PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
+# Flags that change what training does: resuming under other values would mix two runs.
+TRAINING_FLAGS = ('obj', 'model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'seed', 'shot',
+                  'iterate', 'fewshot_seed_dir', 'learning_rate', 'batch_size', 'selection')
+
+
+def resume_path(checkpoint: Path) -> Path:
+    """`<Obj>.resume.pt` beside the `<Obj>.pth` checkpoint."""
+    return Path(checkpoint).with_suffix('.resume.pt')
+
+
+def _training_flags(args: argparse.Namespace) -> Dict:
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+            if key in TRAINING_FLAGS}
+
+
+def _evaluation_to_tensors(evaluation: Optional[Evaluation]) -> Optional[Dict]:
+    # Tensors, not numpy arrays, so the file loads with torch.load(weights_only=True).
+    if evaluation is None:
+        return None
+    return {field.name: torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+            for field in dataclasses.fields(evaluation) if field.name not in PIXEL_FIELDS
+            for value in [getattr(evaluation, field.name)]}
+
+
+def _evaluation_from_tensors(fields: Optional[Dict]) -> Optional[Evaluation]:
+    if fields is None:
+        return None
+    return Evaluation(**{name: value.numpy() if isinstance(value, torch.Tensor) else value
+                         for name, value in fields.items()})
+
+
+def _rng_states() -> Dict:
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {'python': random.getstate(), 'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian)}
+
+
+def _restore_rng_states(states: Dict) -> None:
+    random.setstate(states['python'])
+    torch.set_rng_state(states['torch'])
+    if states['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+    name, keys, position, has_gauss, cached_gaussian = states['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+
+
+def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Sequence[torch.optim.Optimizer],
+                      epoch: int, selection: ModelSelection, args: argparse.Namespace) -> None:
+    """Record the state after `epoch` (finished); never leaves a half-written file."""
+    state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
+    state.update(epoch=epoch, optimizers=[optimizer.state_dict() for optimizer in optimizers],
+                 selection={'evaluation': _evaluation_to_tensors(selection.evaluation), 'step': selection.step,
+                            'state': selection.state},
+                 rng=_rng_states(), flags=_training_flags(args))
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
+
+
+def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Sequence[torch.optim.Optimizer],
+                      selection: ModelSelection, args: argparse.Namespace) -> int:
+    """Restore the state of `path` into the model, optimizers, selection and generators; the next epoch.
+
+    Without a resume state training starts at epoch 0, so the same command serves a first run.
+    """
+    if not path.is_file():
+        print(f'no resume state at {path}: starting at epoch 0')
+        return 0
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # damaged files raise many types
+        raise CheckpointError(f'cannot read resume state {path} ({type(error).__name__}): it is damaged; '
+                              f'delete it to start afresh') from None
+    for key, value in _training_flags(args).items():
+        if state['flags'].get(key) != value:
+            raise CheckpointError(f'{path} was made with --{key} {state["flags"].get(key)}, this run has {value}: '
+                                  f'rerun with the same flags, or delete it to start afresh')
+    load_adapters(model, path, {key: state[key] for key in ADAPTER_KEYS})
+    for optimizer, optimizer_state in zip(optimizers, state['optimizers']):
+        optimizer.load_state_dict(optimizer_state)
+    selection.evaluation = _evaluation_from_tensors(state['selection']['evaluation'])
+    selection.step, selection.state = state['selection']['step'], state['selection']['state']
+    _restore_rng_states(state['rng'])
+    print(f'resuming from {path} after epoch {state["epoch"]}')
+    return state['epoch'] + 1

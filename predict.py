@@ -1,0 +1,323 @@
+"""Score your own images with MVFA adapters: a CSV/JSON of scores and a heatmap per image.
+
+    python predict.py --checkpoint ckpt/few-shot/Brain.pth --obj Brain --out results/ scans/
+    python predict.py --checkpoint ckpt/zero-shot/Brain.pth --obj 'brain MRI' \\
+        --reference normal_scans/ --out results/ scans/          # normal-only few-shot
+
+Inputs and references are image files or folders (searched recursively); any size, grayscale,
+RGB, RGBA, 16-bit PNG or JPEG. `--obj` names the object in the text prompts: one of the BMAD
+objects or any free text. Checkpoints are ours or the authors' released ones (same format).
+
+Image score: the det head, as the paper's classification path (text probability and memory-bank
+distance averaged over patches); it is trained for every object, where the seg head is trained
+only on objects with masks. Heatmap: the seg head's pixel map of the same parts.
+
+What the score means:
+- Without --reference (zero-shot): the abnormal probability the text prompts give, averaged over
+  patches and over the adapted levels, in [0, 1]. It is not calibrated: compare it between images
+  scored with the same checkpoint and --obj only.
+- With --reference (at least 2 normal images; zero-shot text fused with the few-shot memory bank
+  of the augmented references): each part is standardised by the reference images themselves,
+  then the two are averaged with the paper's 0.5 / 0.5 weights:
+      score = 0.5 * (zero - mean_ref(zero)) / std_ref(zero) + 0.5 * (few - mean_ref(few)) / std_ref(few)
+  mean_ref and std_ref are over the un-augmented reference images. A reference's few-shot part is
+  its distance to the bank of the *other* references (leave-one-out), as its own copies would
+  give 0; so that images and references are measured alike, an image's few-shot part is its
+  distance to a bank of k - 1 of the k references, averaged over the k ways of leaving one out
+  (per patch: ((k - 1) * nearest + second nearest reference) / k, one search of the whole bank).
+  So 0 is a typical normal image and the unit is the spread among the references: a score of 3
+  is three reference standard deviations above normal. The same references give the same
+  scale, so scores compare across calls; more references give a steadier scale.
+Heatmaps use the same units per pixel (with references: red at 4 reference
+standard deviations, blue at the reference mean; without: the probability, red at 1).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from CLIP import MultiLevelAdaptedCLIP, create_model
+from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
+from mvfa import scoring
+from mvfa.checkpoint import load_adapters, read_checkpoint
+from mvfa.cli import pick_device, run
+from mvfa.engine import autocast, build_memory_bank
+from mvfa.visualize import panel, to_uint8
+from prompt import encode_text_with_prompt_ensemble
+from utils import augment, setup_seed
+
+# The fewest references that give a spread: the few-shot part of a reference is measured against the others.
+MIN_REFERENCES = 2
+# Floor of a reference spread, so identical references do not divide by zero.
+MIN_SPREAD = 1e-6
+# Heatmap colour scale with references: full red this many reference standard deviations above normal.
+HEATMAP_FULL_SCALE = 4.0
+CSV_COLUMNS = ('path', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
+
+
+def find_images(paths: Sequence[Path], what: str) -> List[Path]:
+    """Image files named directly or found under folders (recursively), in a stable order."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f'{what} {path} does not exist')
+    if not found:
+        raise DataError(f'no {what} images ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(map(str, paths))}')
+    return found
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], img_size: int) -> None:
+        self.paths, self.img_size = list(paths), img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return load_image(self.paths[index], self.img_size)
+
+
+@dataclass
+class Parts:
+    """Raw scores of a batch: per image (B,) and per pixel (B, S, S), each averaged over levels."""
+    zero: Tensor
+    zero_map: Tensor
+    few: Optional[Tensor] = None
+    few_map: Optional[Tensor] = None
+
+
+def reference_similarities(level_tokens: Tensor, banks: Sequence[Tensor]) -> Tensor:
+    """(B, 1 + L, C) tokens of one level, one bank per reference -> (k, B, L) nearest cosine similarity in each."""
+    patches = scoring.patch_tokens(level_tokens)
+    queries = patches.reshape(-1, patches.shape[-1])
+    return torch.stack([scoring.nearest_similarity(queries, bank) for bank in banks]).reshape(
+        len(banks), *patches.shape[:2])
+
+
+def leave_one_out_maps(tokens: scoring.Tokens, banks: Sequence[Sequence[Tensor]], img_size: int,
+                       left_out: Optional[int]) -> Tensor:
+    """(B, S, S) few-shot maps against banks of k - 1 references, summed over levels.
+
+    `banks[level][j]` is reference j's bank. With `left_out` = i: the bank without reference i;
+    with None: the mean over the k banks that each leave one reference out.
+    """
+    maps = []
+    for level_tokens, level_banks in zip(tokens, banks):
+        similarity = reference_similarities(level_tokens, level_banks)
+        if left_out is not None:
+            similarity[left_out] = -math.inf
+            nearest = similarity.amax(dim=0)
+        else:
+            # k - 1 of the k banks hold the nearest reference; the one without it finds the second nearest.
+            best, second = similarity.topk(2, dim=0).values
+            nearest = ((len(level_banks) - 1) * best + second) / len(level_banks)
+        maps.append(scoring.upsample((1.0 - nearest)[:, None], img_size)[:, 0])
+    return torch.stack(maps).sum(dim=0)
+
+
+@dataclass
+class ReferenceBanks:
+    """Per level, one memory bank per reference image (its augmented copies), seg and det heads."""
+    seg: List[List[Tensor]]
+    det: List[List[Tensor]]
+
+
+@torch.inference_mode()
+def score_parts(model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, banks: Optional[ReferenceBanks],
+                img_size: int, device: torch.device, precision: str, left_out: Optional[int] = None) -> Parts:
+    levels = len(model.features)
+    with autocast(device, precision):
+        seg, det = model.tokens(images.to(device))
+        parts = Parts(zero=scoring.zero_shot_image_scores(det, text_features).float() / levels,
+                      zero_map=scoring.zero_shot_maps(seg, text_features, img_size).float() / levels)
+        if banks is not None:
+            parts.few = leave_one_out_maps(det, banks.det, img_size, left_out).flatten(1).mean(dim=1) / levels
+            parts.few_map = leave_one_out_maps(seg, banks.seg, img_size, left_out) / levels
+    return parts
+
+
+@dataclass
+class Spread:
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, values: Tensor) -> 'Spread':
+        return cls(values.mean().item(), max(values.float().std().item(), MIN_SPREAD))
+
+    def standardise(self, values: Tensor) -> Tensor:
+        return (values - self.mean) / self.std
+
+
+@dataclass
+class Calibration:
+    """Spreads of the reference images' parts: image scores and pixel maps, zero- and few-shot."""
+    references: int
+    zero: Spread
+    few: Spread
+    zero_map: Spread
+    few_map: Spread
+
+    def score(self, parts: Parts) -> Tuple[Tensor, Tensor, Tensor]:
+        """(fused, zero-shot, few-shot) standardised image scores."""
+        zero, few = self.zero.standardise(parts.zero), self.few.standardise(parts.few)
+        return scoring.ZERO_SHOT_WEIGHT * zero + scoring.FEW_SHOT_WEIGHT * few, zero, few
+
+    def heatmap(self, parts: Parts) -> Tensor:
+        fused = (scoring.ZERO_SHOT_WEIGHT * self.zero_map.standardise(parts.zero_map)
+                 + scoring.FEW_SHOT_WEIGHT * self.few_map.standardise(parts.few_map))
+        return fused / HEATMAP_FULL_SCALE
+
+
+class Reference:
+    """The memory banks of the augmented normal references and the calibration they give."""
+
+    def __init__(self, model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, img_size: int,
+                 batch_size: int, device: torch.device, precision: str) -> None:
+        if len(images) < MIN_REFERENCES:
+            raise DataError(f'--reference needs at least {MIN_REFERENCES} normal images to calibrate the '
+                            f'few-shot score (leave-one-out), got {len(images)}')
+        # One bank per reference, so each can be left out of the bank its own score is measured against.
+        banks = [build_memory_bank(model, augment(image[None])[0], batch_size, device, precision) for image in images]
+        self.banks = ReferenceBanks([list(level) for level in zip(*(b.seg for b in banks))],
+                                    [list(level) for level in zip(*(b.det for b in banks))])
+        parts = [score_parts(model, images[i:i + 1], text_features, self.banks, img_size, device, precision,
+                             left_out=i) for i in tqdm(range(len(images)), desc='references', leave=False)]
+        self.calibration = Calibration(
+            references=len(images),
+            zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
+            zero_map=Spread.of(torch.cat([p.zero_map for p in parts])),
+            few_map=Spread.of(torch.cat([p.few_map for p in parts])))
+
+
+def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
+    """`<folder>/<stem>.png` per input, numbered where stems repeat (same name in two folders)."""
+    paths, taken = [], set()
+    for image in images:
+        name, copy = f'{image.stem}.png', 1
+        while name in taken:
+            name, copy = f'{image.stem}-{copy}.png', copy + 1
+        taken.add(name)
+        paths.append(folder / name)
+    return paths
+
+
+def write_heatmap(path: Path, image: Tensor, heatmap: Tensor) -> None:
+    """Input | JET overlay of `heatmap` (0 blue, 1 and above red), as visualize.py draws test heatmaps."""
+    rgb = to_uint8(image.permute(1, 2, 0).numpy())
+    cv2.imwrite(str(path), cv2.cvtColor(panel(rgb, heatmap.clamp(0, 1).numpy(), None), cv2.COLOR_RGB2BGR))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('inputs', nargs='+', type=Path, help='image files or folders to score')
+    p.add_argument('--checkpoint', type=Path, required=True,
+                   help="adapter weights (.pth, ours or the authors'); a zero-shot one with --reference: normal-only")
+    p.add_argument('--obj', required=True, help='object for the text prompts: a BMAD object name or any free text')
+    p.add_argument('--reference', type=Path, nargs='+', default=None,
+                   help='normal images (files or folders, at least 2): memory bank and score calibration')
+    p.add_argument('--out', type=Path, required=True, help='folder for scores.csv, scores.json and heatmaps/')
+    p.add_argument('--batch_size', type=int, default=16, help='images per batch (scores do not depend on it)')
+    p.add_argument('--model_name', default='ViT-L-14-336',
+                   help='open_clip model name, a config in CLIP/model_configs (e.g. tiny-clip) or a JSON path')
+    p.add_argument('--pretrain', default='openai', help="'openai', a CLIP weights file, or 'none'")
+    p.add_argument('--img_size', type=int, default=240, help='input resolution the checkpoint was trained at')
+    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
+                   help='1-based transformer blocks with adapters, as the checkpoint was trained')
+    p.add_argument('--seed', type=int, default=111, help='seeds random weights (--pretrain none); scores need none')
+    p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the best available)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
+                   help='autocast dtype; auto: fp16 on CUDA, fp32 elsewhere')
+    p.add_argument('--quick_gelu', action='store_true', help='QuickGELU, as OpenAI trained CLIP')
+    return p
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> MultiLevelAdaptedCLIP:
+    adapters = read_checkpoint(args.checkpoint)  # before building CLIP: a bad path fails at once
+    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
+    clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
+    try:
+        model = MultiLevelAdaptedCLIP(clip, args.features_list)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    load_adapters(model, args.checkpoint, adapters)
+    return model.to(device)
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    """Score the inputs; returns the rows written to scores.csv / scores.json."""
+    args = build_parser().parse_args(argv)
+    setup_seed(args.seed)
+    inputs = find_images(args.inputs, 'input')
+    references = find_images(args.reference, 'reference') if args.reference else None
+    device = pick_device(args.device)
+    precision = args.precision if args.precision != 'auto' else ('fp16' if device.type == 'cuda' else 'fp32')
+    model = load_model(args, device)
+    with torch.inference_mode(), autocast(device, precision):
+        text_features = encode_text_with_prompt_ensemble(model.clipmodel, args.obj, device).float()
+    reference = None
+    if references is not None:
+        reference = Reference(model, torch.stack([load_image(p, args.img_size) for p in references]), text_features,
+                              args.img_size, args.batch_size, device, precision)
+
+    heatmaps = heatmap_paths(inputs, args.out / 'heatmaps')
+    heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size,
+                        num_workers=4 if device.type == 'cuda' else 0)
+    banks = None if reference is None else reference.banks
+    rows: List[Dict] = []
+    for images in tqdm(loader, desc='predict'):
+        parts = score_parts(model, images, text_features, banks, args.img_size, device, precision)
+        if reference is None:
+            score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
+        else:
+            (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
+        for i, image in enumerate(images):
+            index = len(rows)
+            write_heatmap(heatmaps[index], image, maps[i].cpu())
+            rows.append({'path': str(inputs[index]), 'score': score[i].item(), 'zero_shot': zero[i].item(),
+                         'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
+                         'few_shot_raw': None if parts.few is None else parts.few[i].item(),
+                         'heatmap': str(heatmaps[index])})
+    write_scores(args, rows, reference, references)
+    return rows
+
+
+def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional[Reference],
+                 references: Optional[List[Path]]) -> None:
+    with open(args.out / 'scores.csv', 'w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
+    record = {
+        'mode': 'zero-shot' if reference is None else 'zero-shot + few-shot (reference memory bank)',
+        'score': ('zero-shot abnormal probability in [0, 1], uncalibrated' if reference is None else
+                  '0.5 * zero-shot z + 0.5 * few-shot z, in standard deviations of the references (0: normal)'),
+        'obj': args.obj, 'checkpoint': str(args.checkpoint),
+        'references': None if references is None else [str(p) for p in references],
+        'calibration': None if reference is None else asdict(reference.calibration),
+        'images': rows,
+    }
+    (args.out / 'scores.json').write_text(json.dumps(record, indent=2), encoding='utf-8')
+    print(f'{len(rows)} images scored: {args.out / "scores.csv"}, {args.out / "scores.json"}, '
+          f'{args.out / "heatmaps"}/')
+
+
+if __name__ == '__main__':
+    raise SystemExit(run(main))

@@ -1,0 +1,290 @@
+"""Reproduce the paper's Tables 1 (zero-shot) and 2 (few-shot): train and test every object, then tabulate.
+
+Runs train_zero.py / train_few.py (or, with --skip_train, test_zero.py / test_few.py on existing
+checkpoints) in-process, one results JSON per run under <results_dir>/<setting>/, then writes
+<results_dir>/summary.md and summary.csv: per object our AUROCs (mean ± std over draws) beside
+the published ones. For example, the paper's settings with three seed-list draws:
+
+    python reproduce.py --obj all --settings zero-shot few-shot --shots 4 --iterates 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import test_few
+import test_zero
+import train_few
+import train_zero
+from dataset.bmad import OBJECTS
+from mvfa.checkpoint import sidecar_path
+from mvfa.cli import run
+from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
+from mvfa.selection import SELECTION_MODES
+
+SETTINGS = ('zero-shot', 'few-shot')
+ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
+LEVELS = ('image', 'pixel')
+# Every metric of a results file that the summary averages over draws.
+METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap', 'pixel_aupro')
+# Flags handed to the scripts unchanged when given: (flag, which scripts take it).
+PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
+                ('data_path', 'all'), ('device', 'all'), ('precision', 'all'), ('batch_size', 'all'),
+                ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
+                                  ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training (or test) run: an object, a setting, a shot and a draw of support images."""
+    setting: str
+    obj: str
+    shot: int
+    draw: str  # 'it<i>': line i of the seed lists; 'rand<i>': seeded random draw i
+    iterate: int  # --iterate of the few-shot scripts (-1: random)
+    seed: int  # --seed of the scripts
+
+    def results_path(self, results_dir: Path) -> Path:
+        return results_dir / self.setting / f'{self.obj}_{self.shot}shot_{self.draw}.json'
+
+    def save_path(self, ckpt_dir: Path) -> Path:
+        """Where this run's checkpoint goes: one per object zero-shot, one per shot and draw few-shot."""
+        if self.setting == 'zero-shot':
+            return ckpt_dir / self.setting
+        return ckpt_dir / self.setting / f'{self.shot}shot_{self.draw}'
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--obj', nargs='+', default=['all'], choices=('all',) + OBJECTS, help="objects, or 'all'")
+    p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS)
+    p.add_argument('--shots', type=int, nargs='+', default=[4],
+                   help='few-shot k (the paper: 4; 2, 4, 8 and 16 have seed lists)')
+    p.add_argument('--iterates', type=int, nargs='+', default=[0],
+                   help='few-shot draws: lines a-<i>/n-<i> of the seed lists')
+    p.add_argument('--random_draws', type=int, default=None,
+                   help='instead of --iterates: N seeded random draws (--iterate -1, --seed seed+i)')
+    p.add_argument('--seed', type=int, default=111, help='the scripts\' --seed; the first random draw\'s seed')
+    p.add_argument('--selection', choices=SELECTION_MODES, default='test',
+                   help="model selection of training (see train_few.py --help); 'test' as the paper. "
+                        "With --skip_train the checkpoint's sidecar names it")
+    p.add_argument('--skip_train', action='store_true',
+                   help='test existing checkpoints instead of training (few-shot: <ckpt_dir>/few-shot/'
+                        '<k>shot_<draw>/<Obj>.pth, else <ckpt_dir>/few-shot/<Obj>.pth as the authors ship them)')
+    p.add_argument('--results_dir', type=Path, default=Path('results'))
+    p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt'))
+    p.add_argument('--model_name')
+    p.add_argument('--pretrain')
+    p.add_argument('--features_list', type=int, nargs='+')
+    p.add_argument('--img_size', type=int)
+    p.add_argument('--epoch', type=int)
+    p.add_argument('--batch_size', type=int)
+    p.add_argument('--data_path')
+    p.add_argument('--fewshot_seed_dir')
+    p.add_argument('--device')
+    p.add_argument('--precision')
+    args = p.parse_args(argv)
+    if args.random_draws is not None and args.random_draws < 1:
+        p.error('--random_draws must be at least 1')
+    return args
+
+
+def plan(args: argparse.Namespace) -> List[Run]:
+    """Every run, in the paper's table order; zero-shot has a single draw per object."""
+    objects = [obj for obj in PAPER_NAMES if 'all' in args.obj or obj in args.obj]
+    if args.random_draws is not None:
+        draws = [(f'rand{i}', -1, args.seed + i) for i in range(args.random_draws)]
+    else:
+        draws = [(f'it{i}', i, args.seed) for i in args.iterates]
+    runs = []
+    for setting in args.settings:
+        shots = [ZERO_SHOT] if setting == 'zero-shot' else args.shots
+        for shot in shots:
+            for obj in objects:
+                if setting == 'zero-shot':
+                    runs.append(Run(setting, obj, shot, 'it0', 0, args.seed))
+                else:
+                    runs += [Run(setting, obj, shot, draw, iterate, seed) for draw, iterate, seed in draws]
+    return runs
+
+
+def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[str]:
+    argv = ['--obj', task.obj, '--save_path', str(save_path),
+            '--results', str(task.results_path(args.results_dir)), '--seed', str(task.seed)]
+    if task.setting == 'few-shot':
+        argv += ['--shot', str(task.shot), '--iterate', str(task.iterate)]
+    if not args.skip_train:
+        argv += ['--selection', args.selection]
+    for flag, scripts in PASS_THROUGH:
+        value = getattr(args, flag)
+        takes_it = scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train)
+        if value is not None and takes_it:
+            argv += [f'--{flag}'] + [str(v) for v in (value if isinstance(value, list) else [value])]
+    return argv
+
+
+def existing_checkpoint(task: Run, args: argparse.Namespace) -> Path:
+    """The checkpoint --skip_train tests: the run's own, else the authors' one-per-object few-shot one."""
+    own = task.save_path(args.ckpt_dir) / f'{task.obj}.pth'
+    shared = args.ckpt_dir / task.setting / f'{task.obj}.pth'
+    return shared if task.setting == 'few-shot' and not own.is_file() and shared.is_file() else own
+
+
+def record_selection(results: Path, checkpoint: Path) -> None:
+    """Name in a test run's results how its checkpoint was selected (from the sidecar; else 'unknown')."""
+    sidecar = sidecar_path(checkpoint)
+    made = json.loads(sidecar.read_text(encoding='utf-8')) if sidecar.is_file() else {}
+    record = json.loads(results.read_text(encoding='utf-8'))
+    record.update(selection=made.get('selection', 'unknown'), selected=made.get('step'), checkpoint=str(checkpoint))
+    results.write_text(json.dumps(record, indent=2), encoding='utf-8')
+
+
+def execute(task: Run, args: argparse.Namespace) -> Dict:
+    """Run one task through its script and return its results record."""
+    checkpoint = existing_checkpoint(task, args) if args.skip_train else None
+    argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
+    print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw}: {" ".join(argv)}', flush=True)
+    SCRIPTS[task.setting, not args.skip_train](argv)
+    results = task.results_path(args.results_dir)
+    if checkpoint is not None:
+        record_selection(results, checkpoint)
+    return json.loads(results.read_text(encoding='utf-8'))
+
+
+# ---------------------------------------------------------------- the summary table
+
+def percent(value: Optional[float]) -> Optional[float]:
+    return None if value is None else 100.0 * value
+
+
+def mean_and_std(values: Sequence[float]) -> tuple:
+    """Mean and sample standard deviation (n - 1; None for a single draw) of the non-missing values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float]:
+    return None if ours is None or theirs is None else ours - theirs
+
+
+def object_row(setting: str, shot: int, obj: str, records: List[Dict]) -> Dict:
+    """One object's line: our metrics (%) over its draws, the published AUROCs and our difference."""
+    row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES[obj],
+           'selection': '/'.join(sorted({str(r['selection']) for r in records})), 'draws': len(records)}
+    for metric in METRICS:
+        row[f'{metric}_mean'], row[f'{metric}_std'] = mean_and_std([percent(r.get(metric)) for r in records])
+    for source in SOURCES:
+        numbers = published(setting, shot, source, obj) or (None, None)
+        for level, number in zip(LEVELS, numbers):
+            row[f'{level}_auroc_{source}'] = number
+    for level in LEVELS:
+        row[f'{level}_auroc_minus_paper'] = difference(row[f'{level}_auroc_mean'], row[f'{level}_auroc_paper'])
+    return row
+
+
+def average_row(rows: List[Dict]) -> Dict:
+    """The mean over objects of each column; a published average only where every object has one.
+
+    Pixel columns average the objects with masks only, as the paper does.
+    """
+    first = rows[0]
+    average = {'setting': first['setting'], 'shot': first['shot'], 'object': 'Average', 'paper_name': 'Average',
+               'selection': '/'.join(sorted({r['selection'] for r in rows})),
+               'draws': min(r['draws'] for r in rows)}
+    for level in LEVELS:
+        scored = [r for r in rows if r[f'{level}_auroc_mean'] is not None]
+        for metric in METRICS:
+            if metric.startswith(level):
+                average[f'{metric}_mean'] = mean_and_std([r[f'{metric}_mean'] for r in scored])[0]
+                average[f'{metric}_std'] = None
+        for source in SOURCES:
+            numbers = [r[f'{level}_auroc_{source}'] for r in scored]
+            complete = bool(numbers) and None not in numbers
+            average[f'{level}_auroc_{source}'] = statistics.mean(numbers) if complete else None
+        average[f'{level}_auroc_minus_paper'] = difference(average[f'{level}_auroc_mean'],
+                                                           average[f'{level}_auroc_paper'])
+    return average
+
+
+def summarise(runs: List[Run], records: List[Dict]) -> List[Dict]:
+    """Rows per (setting, shot) table: its objects in the paper's order, then their Average."""
+    rows = []
+    tables = list(dict.fromkeys((task.setting, task.shot) for task in runs))
+    for setting, shot in tables:
+        objects = list(dict.fromkeys(task.obj for task in runs if (task.setting, task.shot) == (setting, shot)))
+        table = [object_row(setting, shot, obj, [record for task, record in zip(runs, records)
+                                                 if (task.setting, task.shot, task.obj) == (setting, shot, obj)])
+                 for obj in objects]
+        rows += table + [average_row(table)]
+    return rows
+
+
+def cell(mean: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
+    if mean is None:
+        return '–'
+    text = f'{mean:+.2f}' if signed else f'{mean:.2f}'
+    return f'{text} ± {std:.2f}' if std is not None else text
+
+
+def table_title(setting: str, shot: int) -> str:
+    if setting == 'zero-shot':
+        return 'Zero-shot (paper Table 1)'
+    source = 'paper Table 2' if (setting, shot) in PUBLISHED else 'no published numbers'
+    return f'Few-shot, k = {shot} ({source})'
+
+
+def markdown(rows: List[Dict]) -> str:
+    header = ['Object', 'Selection', 'Draws']
+    for level in LEVELS:
+        header += [f'{level.capitalize()} AUROC', 'Paper', "Authors' re-run", 'Ours − paper']
+    lines = ['# MVFA reproduction: AUROC (%)', '',
+             f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
+             '(no ± for one draw). Selection: the model selection each number used (test: best epoch on the '
+             'test set, as the paper; valid: best on valid/ minus the support images; last: final epoch). '
+             'Pixel AUROC only for the objects with masks; the Average row averages the objects shown.']
+    current = None
+    for row in rows:
+        if (row['setting'], row['shot']) != current:
+            current = row['setting'], row['shot']
+            lines += ['', f'## {table_title(*current)}', '', '| ' + ' | '.join(header) + ' |',
+                      '|' + ' --- |' * len(header)]
+        name = row['object'] if row['object'] == 'Average' else f"{row['paper_name']} ({row['object']})"
+        cells = [name, row['selection'], str(row['draws'])]
+        for level in LEVELS:
+            cells += [cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']),
+                      cell(row[f'{level}_auroc_paper']), cell(row[f'{level}_auroc_rerun']),
+                      cell(row[f'{level}_auroc_minus_paper'], signed=True)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_summary(rows: List[Dict], results_dir: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / 'summary.md').write_text(markdown(rows), encoding='utf-8')
+    with open(results_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
+    print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    args = parse_args(argv)
+    runs = plan(args)
+    records = [execute(task, args) for task in runs]
+    rows = summarise(runs, records)
+    write_summary(rows, args.results_dir)
+    print(markdown(rows))
+    return rows
+
+
+if __name__ == '__main__':
+    raise SystemExit(run(main))

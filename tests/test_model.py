@@ -1,0 +1,101 @@
+"""The model builder and the adapted model: sizes from the model, frozen CLIP, any batch size."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from CLIP import CLIP_Inplanted, MultiLevelAdaptedCLIP, WeightsError, create_model
+from mvfa import scoring
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    return create_model('tiny-clip', img_size=56, pretrained=None)
+
+
+def test_shipped_config_builds_at_the_requested_size(tiny):
+    assert tiny.visual.positional_embedding.shape == (1 + 4 * 4, 128)
+    assert all(not p.requires_grad for p in tiny.parameters())
+    assert not tiny.training
+
+
+def test_exact_gelu_by_default_quick_gelu_on_request():
+    def activation(model):
+        return type(model.visual.transformer.resblocks[0].mlp.gelu).__name__
+    assert activation(create_model('tiny-clip', 28, None)) == 'GELU'
+    assert activation(create_model('tiny-clip', 28, None, quick_gelu=True)) == 'QuickGELU'
+
+
+def test_unknown_model_name_is_one_clear_error():
+    with pytest.raises(WeightsError, match="unknown model 'ViT-Q-99'"):
+        create_model('ViT-Q-99', 240, None)
+
+
+def test_adapter_sizes_come_from_the_model(tiny):
+    model = MultiLevelAdaptedCLIP(tiny, [2, 7])
+    assert len(model.seg_adapters) == len(model.det_adapters) == 2
+    assert model.seg_adapters[0].fc1[0].weight.shape == (96, 128)  # embed_dim x width
+    assert model.det_adapters[1].fc2[0].weight.shape == (128, 96)
+    assert isinstance(model.seg_adapters[0].fc1[1], nn.LeakyReLU)
+    assert CLIP_Inplanted is MultiLevelAdaptedCLIP
+    trainable = {name.split('.')[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {'seg_adapters', 'det_adapters'}
+
+
+@pytest.mark.parametrize('features', [[0, 3], [3, 13], [6, 3], [3, 3], []])
+def test_bad_feature_levels_are_refused(tiny, features):
+    with pytest.raises(ValueError, match='features_list'):
+        MultiLevelAdaptedCLIP(tiny, features)
+
+
+def test_tokens_of_an_image_do_not_depend_on_its_batch(tiny):
+    model = MultiLevelAdaptedCLIP(tiny, [3, 6, 9, 12])
+    images = torch.rand(5, 3, 56, 56)
+    with torch.no_grad():
+        pooled, seg, det = model(images)
+        seg_single, det_single = model.tokens(images[3:4])
+    assert pooled.shape == (5, 96)
+    assert [t.shape for t in seg] == [(5, 17, 96)] * 4
+    for level in range(4):
+        torch.testing.assert_close(seg[level][3:4], seg_single[level], atol=1e-5, rtol=0)
+        torch.testing.assert_close(det[level][3:4], det_single[level], atol=1e-5, rtol=0)
+
+
+def test_forward_stream_matches_frozen_clip_when_adapters_are_silent(tiny):
+    """With zero fc2 weights the adapters only rescale the stream by 0.8 at each level."""
+    model = MultiLevelAdaptedCLIP(tiny, [12])
+    nn.init.zeros_(model.seg_adapters[0].fc2[0].weight)
+    nn.init.zeros_(model.det_adapters[0].fc2[0].weight)
+    images = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        pooled, _, _ = model(images)
+        stream = tiny.visual.transformer(tiny.visual._embeds(images)) * 0.8
+        expected, _ = tiny.visual._pool(stream)
+    torch.testing.assert_close(pooled, expected @ tiny.visual.proj, atol=1e-5, rtol=1e-5)
+
+
+def test_training_reaches_only_the_adapters(tiny):
+    model = MultiLevelAdaptedCLIP(tiny, [3, 6])
+    model.train()
+    assert not model.image_encoder.training
+    seg, det = model.tokens(torch.rand(1, 3, 56, 56))
+    (seg[-1].sum() + det[-1].sum()).backward()
+    assert model.seg_adapters[0].fc1[0].weight.grad is not None
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_memory_bank_search_is_exact_in_blocks(monkeypatch):
+    queries, bank = torch.randn(7, 5), torch.nn.functional.normalize(torch.randn(23, 5), dim=-1)
+    expected = (torch.nn.functional.normalize(queries, dim=-1) @ bank.T).amax(dim=1)
+    monkeypatch.setattr(scoring, 'SIMILARITY_BLOCK', 7 * 4)  # blocks of 4 bank rows
+    torch.testing.assert_close(scoring.nearest_similarity(queries, bank), expected)
+
+
+def test_fuse_normalises_each_part_over_the_whole_set():
+    zero, few = torch.tensor([1.0, 3.0, 5.0]), torch.tensor([10.0, 30.0, 20.0])
+    torch.testing.assert_close(scoring.fuse(zero, few), torch.tensor([0.0, 0.75, 0.75]))
+
+
+def test_constant_scores_normalise_to_zeros_not_nan():
+    torch.testing.assert_close(scoring.min_max_normalise(torch.full((2, 3), 0.7)), torch.zeros(2, 3))
