@@ -305,7 +305,8 @@ def build_report(args: argparse.Namespace, reference: Dict, ours: Dict) -> Dict:
                for path, result in (('reference', reference), ('ours', ours))}
     return {
         'model': args.model_name, 'pretrain': args.pretrain, 'device': str(pick_device(args.device)),
-        'torch_threads': args.threads or torch.get_num_threads(), 'img_size': args.img_size, 'features': args.features_list,
+        'torch_threads': args.threads or torch.get_num_threads(), 'img_size': args.img_size,
+        'features': args.features_list,
         'n_images': args.n_images, 'batch_size': args.batch_size, 'shot': args.shot,
         'train_images': 2 * AUGMENTED_COPIES * args.shot,
         'score_max_abs_diff': score_diff, 'scores_match': score_diff < SCORE_TOLERANCE, **timings,

@@ -38,7 +38,8 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
     p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
     p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
-                   help='images per training step' if training else 'images per inference batch (scores do not depend on it)')
+                   help='images per training step' if training
+                   else 'images per inference batch (scores do not depend on it)')
     p.add_argument('--save_path', default=save_path, help='folder of the <Obj>.pth adapter checkpoints')
     p.add_argument('--img_size', type=int, default=240, help='input resolution (the paper: 240)')
     p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
@@ -76,6 +77,13 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
 
 
 def pick_device(name: Optional[str]) -> torch.device:
+    """The device asked for, else CUDA, MPS or the CPU, in that order.
+
+    Also makes the CPU flush denormal floats to zero: adapter training produces some, and CPU
+    arithmetic on them is several times slower (a ViT-L training step went from 1.3 s to 9 s);
+    numbers below 1e-38 change no score.
+    """
+    torch.set_flush_denormal(True)
     if name:
         return torch.device(name)
     if torch.cuda.is_available():

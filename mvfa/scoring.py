@@ -63,9 +63,18 @@ def zero_shot_level_probs(level_tokens: Tensor, text_features: Tensor, img_size:
 
 
 def zero_shot_maps(seg_tokens: Tokens, text_features: Tensor, img_size: int) -> Tensor:
-    """(B, S, S) anomaly maps: abnormal probability per pixel, summed over levels."""
-    return torch.stack([zero_shot_level_probs(t, text_features, img_size)[:, ABNORMAL]
-                        for t in seg_tokens]).sum(dim=0)
+    """(B, S, S) anomaly maps: abnormal probability per pixel, summed over levels.
+
+    The abnormal softmax probability of two states is the sigmoid of their logit difference,
+    and upsampling is linear, so one channel is upsampled instead of two (what
+    `zero_shot_level_probs` computes, to float precision).
+    """
+    maps = []
+    for level_tokens in seg_tokens:
+        logits = text_logits(patch_tokens(level_tokens), text_features)
+        margin = (logits[..., ABNORMAL] - logits[..., 1 - ABNORMAL]).unsqueeze(1)
+        maps.append(upsample(margin, img_size)[:, 0].sigmoid())
+    return torch.stack(maps).sum(dim=0)
 
 
 def memory_bank(tokens: List[Tensor]) -> Tensor:
@@ -86,13 +95,16 @@ def nearest_similarity(queries: Tensor, bank: Tensor) -> Tensor:
 
 
 def few_shot_maps(tokens: Tokens, banks: Sequence[Tensor], img_size: int) -> Tensor:
-    """(B, S, S) anomaly maps: 1 - cosine similarity to the nearest bank token, summed over levels."""
-    maps = []
+    """(B, S, S) anomaly maps: 1 - cosine similarity to the nearest bank token, summed over levels.
+
+    Upsampling is linear, so the levels are summed on the patch grid and upsampled once.
+    """
+    distances = []
     for level_tokens, bank in zip(tokens, banks):
         patches = patch_tokens(level_tokens)
-        distance = 1.0 - nearest_similarity(patches.reshape(-1, patches.shape[-1]), bank)
-        maps.append(upsample(distance.reshape(patches.shape[0], 1, -1), img_size)[:, 0])
-    return torch.stack(maps).sum(dim=0)
+        distances.append(1.0 - nearest_similarity(patches.reshape(-1, patches.shape[-1]), bank))
+    total = torch.stack(distances).sum(dim=0).reshape(tokens[0].shape[0], 1, -1)
+    return upsample(total, img_size)[:, 0]
 
 
 def min_max_normalise(scores: Tensor) -> Tensor:

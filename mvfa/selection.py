@@ -40,7 +40,8 @@ class ValidationSet(MedTestDataset):
 
 def adapter_state(model: MultiLevelAdaptedCLIP) -> AdapterState:
     """A copy of the adapters' weights, on the CPU."""
-    return {key: {name: tensor.detach().to('cpu', copy=True) for name, tensor in getattr(model, key).state_dict().items()}
+    return {key: {name: tensor.detach().to('cpu', copy=True)
+                  for name, tensor in getattr(model, key).state_dict().items()}
             for key in ADAPTER_KEYS}
 
 

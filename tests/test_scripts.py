@@ -23,7 +23,8 @@ def trained(tmp_path_factory, parity_args):
     few = parity_args + ['--fewshot_seed_dir', str(PARITY / 'fewshot_seed'), '--save_path', str(folder / 'few'),
                          '--obj', 'Brain', '--shot', '2']
     zero = parity_args + ['--save_path', str(folder / 'zero'), '--obj', 'Chest']
-    few_result = train_few.main(few + ['--epoch', '1', '--batch_size', '4', '--results', str(folder / 'train_few.json')])
+    few_result = train_few.main(few + ['--epoch', '1', '--batch_size', '4',
+                                       '--results', str(folder / 'train_few.json')])
     zero_result = train_zero.main(zero + ['--epoch', '1', '--batch_size', '8'])
     return {'folder': folder, 'few': few, 'zero': zero, 'few_result': few_result, 'zero_result': zero_result}
 
@@ -61,7 +62,8 @@ def test_test_zero_reproduces_the_selected_step(trained, capsys):
     assert record['pixel_auroc'] is None and record['setting'] == 'zero-shot'
 
 
-@pytest.mark.parametrize('script,extra', [(test_few, ['--shot', '2', '--obj', 'Brain']), (test_zero, ['--obj', 'Brain'])])
+@pytest.mark.parametrize('script,extra', [(test_few, ['--shot', '2', '--obj', 'Brain']),
+                                          (test_zero, ['--obj', 'Brain'])])
 def test_scores_do_not_depend_on_the_batch_size(parity_args, script, extra, tmp_path):
     shutil.copy(PARITY / 'adapters_init.pth', tmp_path / 'Brain.pth')
     seed_lists = ['--fewshot_seed_dir', str(PARITY / 'fewshot_seed')] if script is test_few else []
@@ -137,3 +139,15 @@ def test_checkpoint_that_does_not_fit(parity_args, capsys, tmp_path):
     line = error_line(capsys)
     assert 'has 4 seg_adapters levels, the model 3' in line and '--features_list' in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ['Brain.pth']
+
+
+def test_missing_seed_list_falls_back_to_a_seeded_random_draw(tmp_path):
+    import random
+    from dataset.medical_few import MedDataset
+    draws = []
+    for _ in range(2):
+        random.seed(5)
+        with pytest.warns(UserWarning, match=str(tmp_path / 'Brain' / '2-shot.txt')):
+            data = MedDataset(PARITY / 'data', 'Brain', 56, 2, 0, tmp_path)
+        draws.append(data.support_images)
+    assert draws[0] == draws[1] and len(draws[0]) == 4
