@@ -21,7 +21,7 @@ GAP = 4
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> 0..255 bytes; NaN (a constant map normalised over the test set) -> 0."""
+    """[0, 1] floats -> 0..255 bytes; NaN -> 0."""
     return np.clip(np.round(np.nan_to_num(values) * 255.0), 0, 255).astype(np.uint8)
 
 
