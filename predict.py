@@ -52,7 +52,7 @@ from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
 from mvfa.checkpoint import load_adapters, read_checkpoint
 from mvfa.cli import pick_device, run
-from mvfa.engine import autocast, build_memory_bank
+from mvfa.engine import autocast, build_memory_bank, resolve_precision
 from mvfa.visualize import panel, to_uint8
 from prompt import encode_text_with_prompt_ensemble
 from utils import augment, setup_seed
@@ -266,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     inputs = find_images(args.inputs, 'input')
     references = find_images(args.reference, 'reference') if args.reference else None
     device = pick_device(args.device)
-    precision = args.precision if args.precision != 'auto' else ('fp16' if device.type == 'cuda' else 'fp32')
+    precision = resolve_precision(args.precision, device)
     model = load_model(args, device)
     with torch.inference_mode(), autocast(device, precision):
         text_features = encode_text_with_prompt_ensemble(model.clipmodel, args.obj, device).float()

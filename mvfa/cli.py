@@ -17,7 +17,7 @@ from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from dataset.bmad import OBJECTS, DataError
 from dataset.medical_few import DEFAULT_SEED_DIR
 from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
-from mvfa.engine import Evaluation, autocast
+from mvfa.engine import Evaluation, autocast, resolve_precision
 from mvfa.metrics import image_metrics, pixel_metrics
 from mvfa.selection import SELECTION_MODES, ModelSelection
 from prompt import encode_text_with_prompt_ensemble
@@ -105,8 +105,7 @@ class Session:
         setup_seed(args.seed)
         self.args = args
         self.device = pick_device(args.device)
-        self.precision = args.precision if args.precision != 'auto' else (
-            'fp16' if self.device.type == 'cuda' else 'fp32')
+        self.precision = resolve_precision(args.precision, self.device)
         self.clip: Optional[CLIP] = None
 
     def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:

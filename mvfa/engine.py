@@ -20,6 +20,13 @@ from mvfa import scoring
 from mvfa.metrics import auroc
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is fp16 on CUDA, as the authors ran, and fp32 elsewhere; other values stay."""
+    if precision != 'auto':
+        return precision
+    return 'fp16' if device.type == 'cuda' else 'fp32'
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """fp16/bf16 autocast where asked for (the authors ran fp16 on CUDA); plain fp32 otherwise."""
     if precision == 'fp32':
