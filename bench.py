@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from mvfa import scoring
 from mvfa.cli import pick_device
-from mvfa.engine import MVFALoss, adapter_optimizers, build_memory_bank, evaluate, train_step
+from mvfa.engine import MVFALoss, adapter_optimizers, build_memory_bank, embed_images, evaluate, train_step
 from mvfa.metrics import auroc
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
@@ -158,9 +158,9 @@ def make_workload(args: argparse.Namespace, embed_dim: int) -> Workload:
                     test_labels=test_labels, test_masks=test_masks, text_features=text_features)
 
 
-def train_loader(workload: Workload, seed: int) -> DataLoader:
-    """The augmented support set, shuffled in the same order for both paths."""
-    return DataLoader(TensorDataset(workload.train_images, workload.train_masks, workload.train_labels),
+def train_loader(inputs: Tensor, workload: Workload, seed: int) -> DataLoader:
+    """The augmented support set (images, or their streams), shuffled in the same order for both paths."""
+    return DataLoader(TensorDataset(inputs, workload.train_masks, workload.train_labels),
                       batch_size=TRAIN_BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
@@ -245,13 +245,22 @@ def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, 
 
 def epoch(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: argparse.Namespace,
           device: torch.device) -> None:
-    """One few-shot epoch as train_few.py runs it: train steps, memory bank, test."""
+    """One few-shot epoch as train_few.py runs it: train steps, memory bank, test.
+
+    Ours starts the training steps and the memory bank from the support images' `embed` streams,
+    computed once per run as train_few.py does; one epoch here pays for computing them.
+    """
     seg_optimizer, det_optimizer = adapter_optimizers(model, LEARNING_RATE)
     loss_fn = MVFALoss(args.img_size)
     text_features = workload.text_features.to(device)
-    for images, masks, labels in train_loader(workload, args.seed):
+    ours = path == 'ours'
+    inputs = embed_images(model, workload.train_images, args.batch_size, device) if ours else workload.train_images
+    for images, masks, labels in train_loader(inputs, workload, args.seed):
         train_step(model, seg_optimizer, det_optimizer, loss_fn, images, labels, masks, text_features, device)
-    score_test_set(path, model, workload, memory_bank(path, model, workload, args, device), args, device)
+    # The augmented normal images close the training set.
+    bank = (build_memory_bank(model, inputs[len(inputs) - len(workload.normal):], args.batch_size, device) if ours
+            else memory_bank(path, model, workload, args, device))
+    score_test_set(path, model, workload, bank, args, device)
 
 
 @torch.inference_mode()

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
 from mvfa.cli import Interrupted, Session, adapter_saver, finish_training, parser, report_epoch, run
-from mvfa.engine import Evaluation, MVFALoss, adapter_optimizers, build_memory_bank, evaluate, train_step
+from mvfa.engine import (Evaluation, MVFALoss, adapter_optimizers, build_memory_bank, embed_images, evaluate,
+                         train_step)
 from mvfa.resume import load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, ValidationSet
 from utils import augment
@@ -33,7 +34,11 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     abnormal, abnormal_masks = augment(data.fewshot_abnorm_img, data.fewshot_abnorm_mask)
     normal, normal_masks = augment(data.fewshot_norm_img)
     labels = torch.cat([torch.ones(len(abnormal)), torch.zeros(len(normal))])
-    train_set = TensorDataset(torch.cat([abnormal, normal]), torch.cat([abnormal_masks, normal_masks]), labels)
+    # The frozen blocks before the first adapter give the same stream every epoch: computed once.
+    streams = embed_images(model, torch.cat([abnormal, normal]), args.eval_batch_size, session.device,
+                           session.precision)
+    normal_streams = streams[len(abnormal):]
+    train_set = TensorDataset(streams, torch.cat([abnormal_masks, normal_masks]), labels)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
     test_loader = DataLoader(data, batch_size=args.eval_batch_size, **session.loader_options())
     selection_loader = test_loader  # `last` scores nothing during training
@@ -45,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
 
     def score(loader: DataLoader) -> Evaluation:
         """The loader's images scored against a memory bank of the model as it is now."""
-        bank = build_memory_bank(model, normal, args.eval_batch_size, session.device, session.precision)
+        bank = build_memory_bank(model, normal_streams, args.eval_batch_size, session.device, session.precision)
         return evaluate(model, loader, text_features, data.seg_flag, args.img_size, session.device,
                         session.precision, bank)
 

@@ -87,9 +87,14 @@ class MultiLevelAdaptedCLIP(nn.Module):
             det_tokens.append(det_hidden)
         return stream, seg_tokens, det_tokens
 
-    def tokens(self, images: Tensor) -> Tuple[Tokens, Tokens]:
-        """Seg and det tokens of every level, without running the blocks no level reads."""
-        _, seg_tokens, det_tokens = self.adapt(self.embed(images))
+    def tokens(self, inputs: Tensor) -> Tuple[Tokens, Tokens]:
+        """Seg and det tokens of every level, without running the blocks no level reads.
+
+        `inputs` are images (B, 3, H, W) or, to skip the frozen blocks, their `embed` stream
+        (B, 1 + L, width).
+        """
+        stream = inputs if inputs.dim() == 3 else self.embed(inputs)
+        _, seg_tokens, det_tokens = self.adapt(stream)
         return seg_tokens, det_tokens
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
