@@ -15,8 +15,8 @@ from tqdm import tqdm
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
 from mvfa.cli import Interrupted, Session, adapter_saver, finish_training, parser, report_epoch, run
-from mvfa.engine import (Evaluation, MVFALoss, adapter_optimizers, build_memory_bank, embed_images, evaluate,
-                         train_step)
+from mvfa.engine import (Evaluation, MVFALoss, adapter_optimizers, build_memory_bank, cache_streams, embed_images,
+                         evaluate, train_step)
 from mvfa.resume import load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, ValidationSet
 from utils import augment
@@ -45,6 +45,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     if args.selection == 'valid':
         selection_loader = DataLoader(ValidationSet(args.data_path, args.obj, args.img_size, data.support_images),
                                       batch_size=args.eval_batch_size, **session.loader_options())
+    if args.cache_streams and args.selection != 'last':
+        selection_loader = cache_streams(model, selection_loader, session.device, session.precision)
     seg_optimizer, det_optimizer = adapter_optimizers(model, args.learning_rate)
     loss_fn = MVFALoss(args.img_size)
 

@@ -16,7 +16,7 @@ from dataset.bmad import has_masks
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
 from dataset.validate import validate_leave_one_out
 from mvfa.cli import Interrupted, Session, adapter_saver, finish_training, parser, report_epoch, run
-from mvfa.engine import Evaluation, MVFALoss, adapter_optimizers, evaluate, train_step
+from mvfa.engine import Evaluation, MVFALoss, adapter_optimizers, cache_streams, evaluate, train_step
 from mvfa.selection import ModelSelection, ValidationSet
 
 EVALUATIONS_PER_EPOCH = 5
@@ -37,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     if args.selection == 'valid':
         selection_loader = DataLoader(ValidationSet(args.data_path, args.obj, args.img_size),
                                       batch_size=args.eval_batch_size, **session.loader_options())
+    if args.cache_streams and args.selection != 'last':
+        selection_loader = cache_streams(model, selection_loader, session.device, session.precision)
     seg_optimizer, det_optimizer = adapter_optimizers(model, args.learning_rate)
     loss_fn = MVFALoss(args.img_size)
     shuffler = random.Random(args.seed)

@@ -63,6 +63,10 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
         p.add_argument('--save_model', type=int, default=1, help='1: save the selected adapters, 0: do not')
         p.add_argument('--eval_batch_size', type=int, default=16,
                        help='images per inference batch for model selection (scores do not depend on it)')
+        p.add_argument('--cache_streams', action='store_true',
+                       help='keep the streams of the scored images through the frozen blocks before the first '
+                            'adapter in memory: about 20 %% faster evaluations for 1.2 MB per image (ViT-L, '
+                            '240 px; BrainMRI\'s 3715 test images: 4.4 GB)')
         p.add_argument('--selection', choices=SELECTION_MODES, default='test',
                        help="which state is kept and reported: 'test' the best on the test set (the paper), "
                             "'valid' the best on valid/ minus the support images, 'last' the final one")

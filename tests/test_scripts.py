@@ -151,3 +151,18 @@ def test_missing_seed_list_falls_back_to_a_seeded_random_draw(tmp_path):
             data = MedDataset(PARITY / 'data', 'Brain', 56, 2, 0, tmp_path)
         draws.append(data.support_images)
     assert draws[0] == draws[1] and len(draws[0]) == 4
+
+
+@pytest.mark.parametrize('script,flags', [(train_few, ['--obj', 'Brain', '--shot', '2', '--fewshot_seed_dir',
+                                                       str(PARITY / 'fewshot_seed')]),
+                                          (train_zero, ['--obj', 'Liver'])])
+def test_cached_streams_change_no_number(parity_args, script, flags, tmp_path):
+    """--cache_streams scores the selection set from cached streams: same scores, same selection."""
+    argv = parity_args + flags + ['--epoch', '1', '--batch_size', '8', '--img_size', '112']
+    plain = script.main(argv + ['--save_path', str(tmp_path / 'plain')])
+    cached = script.main(argv + ['--save_path', str(tmp_path / 'cached'), '--cache_streams'])
+    np.testing.assert_allclose(cached.image_scores, plain.image_scores, atol=1e-6)
+    np.testing.assert_allclose(cached.pixel_scores, plain.pixel_scores, atol=1e-6)
+    for name in ('seg_adapters', 'det_adapters'):
+        for key, weight in torch.load(tmp_path / 'plain' / f'{flags[1]}.pth')[name].items():
+            torch.testing.assert_close(torch.load(tmp_path / 'cached' / f'{flags[1]}.pth')[name][key], weight)
