@@ -1,7 +1,6 @@
 """Few-shot MVFA test: text (zero-shot) and memory-bank (few-shot) scores of the test set, fused."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 from torch.utils.data import DataLoader
@@ -20,8 +19,6 @@ FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS = './ckpt/few-shot/', './ckpt/zero-s
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
     arguments = parser(__doc__.splitlines()[0], obj='Liver', save_path=None, few_shot=True, training=False)
-    arguments.add_argument('--save_vis', type=Path, default=None,
-                           help='write a heatmap PNG per test image to this folder')
     arguments.add_argument('--normal_only', action='store_true',
                            help='memory bank of the k normal support images on the zero-shot adapters '
                                 f'(--save_path defaults to {ZERO_SHOT_CHECKPOINTS}, else {FEW_SHOT_CHECKPOINTS}); '

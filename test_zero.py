@@ -1,7 +1,6 @@
 """Zero-shot MVFA test: score an object never seen in training with its text prompts alone."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 from torch.utils.data import DataLoader
@@ -14,11 +13,8 @@ from mvfa.visualize import save_evaluation_heatmaps
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    arguments = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
-                       training=False)
-    arguments.add_argument('--save_vis', type=Path, default=None,
-                           help='write a heatmap PNG per test image to this folder')
-    args = arguments.parse_args(argv)
+    args = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
+                  training=False).parse_args(argv)
     session = Session(args)
     validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)

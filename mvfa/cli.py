@@ -73,7 +73,9 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
         if few_shot:
             p.add_argument('--resume', action='store_true',
                            help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
-    elif few_shot:
+    else:
+        p.add_argument('--save_vis', type=Path, default=None, help='write a heatmap PNG per test image to this folder')
+    if few_shot and not training:
         # The authors' test_few.py took its training flags too; accepted so their commands still run.
         for flag in ('--epoch', '--learning_rate', '--save_model'):
             p.add_argument(flag, type=float, help=argparse.SUPPRESS)

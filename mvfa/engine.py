@@ -76,7 +76,6 @@ def embed_images(model: MultiLevelAdaptedCLIP, images: Tensor, batch_size: int, 
     return torch.cat(streams)
 
 
-@torch.no_grad()
 def cache_streams(model: MultiLevelAdaptedCLIP, loader: DataLoader, device: torch.device,
                   precision: str = 'fp32') -> DataLoader:
     """A loader of the `embed` streams of `loader`'s images, with their labels and masks, computed
@@ -86,8 +85,7 @@ def cache_streams(model: MultiLevelAdaptedCLIP, loader: DataLoader, device: torc
     # training order (and every later number) as it would be without it.
     with torch.random.fork_rng(devices=[]):
         for images, batch_labels, batch_masks in loader:
-            with autocast(device, precision):
-                streams.append(model.embed(images.to(device)))
+            streams.append(embed_images(model, images, len(images), device, precision))
             labels.append(batch_labels)
             masks.append(batch_masks > 0.5)
     return DataLoader(TensorDataset(torch.cat(streams), torch.cat(labels), torch.cat(masks)),

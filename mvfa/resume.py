@@ -19,6 +19,7 @@ import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
+from mvfa.cli import flag_values
 from mvfa.engine import Evaluation
 from mvfa.selection import ModelSelection
 
@@ -35,8 +36,7 @@ def resume_path(checkpoint: Path) -> Path:
 
 
 def _training_flags(args: argparse.Namespace) -> Dict:
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
-            if key in TRAINING_FLAGS}
+    return {key: value for key, value in flag_values(args).items() if key in TRAINING_FLAGS}
 
 
 def _evaluation_to_tensors(evaluation: Optional[Evaluation]) -> Optional[Dict]:
