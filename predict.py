@@ -47,11 +47,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from CLIP import MultiLevelAdaptedCLIP, create_model
+from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
-from mvfa.checkpoint import load_adapters, read_checkpoint
-from mvfa.cli import pick_device, run
+from mvfa.cli import add_model_arguments, build_model, pick_device, run
 from mvfa.engine import autocast, build_memory_bank, resolve_precision
 from mvfa.visualize import panel, to_uint8
 from prompt import encode_text_with_prompt_ensemble
@@ -233,30 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='normal images (files or folders, at least 2): memory bank and score calibration')
     p.add_argument('--out', type=Path, required=True, help='folder for scores.csv, scores.json and heatmaps/')
     p.add_argument('--batch_size', type=int, default=16, help='images per batch (scores do not depend on it)')
-    p.add_argument('--model_name', default='ViT-L-14-336',
-                   help='open_clip model name, a config in CLIP/model_configs (e.g. tiny-clip) or a JSON path')
-    p.add_argument('--pretrain', default='openai', help="'openai', a CLIP weights file, or 'none'")
-    p.add_argument('--img_size', type=int, default=240, help='input resolution the checkpoint was trained at')
-    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
-                   help='1-based transformer blocks with adapters, as the checkpoint was trained')
-    p.add_argument('--seed', type=int, default=111, help='seeds random weights (--pretrain none); scores need none')
-    p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the best available)')
-    p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
-                   help='autocast dtype; auto: fp16 on CUDA, fp32 elsewhere')
-    p.add_argument('--quick_gelu', action='store_true', help='QuickGELU, as OpenAI trained CLIP')
+    add_model_arguments(p)
     return p
-
-
-def load_model(args: argparse.Namespace, device: torch.device) -> MultiLevelAdaptedCLIP:
-    adapters = read_checkpoint(args.checkpoint)  # before building CLIP: a bad path fails at once
-    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
-    clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
-    try:
-        model = MultiLevelAdaptedCLIP(clip, args.features_list)
-    except ValueError as error:
-        raise DataError(str(error)) from None
-    load_adapters(model, args.checkpoint, adapters)
-    return model.to(device)
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
@@ -267,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     references = find_images(args.reference, 'reference') if args.reference else None
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = load_model(args, device)
+    model = build_model(args, device, args.checkpoint)
     with torch.inference_mode(), autocast(device, precision):
         text_features = encode_text_with_prompt_ensemble(model.clipmodel, args.obj, device).float()
     reference = None

@@ -27,20 +27,12 @@ from utils import setup_seed
 USER_ERRORS = (DataError, WeightsError, CheckpointError)
 
 
-def parser(description: str, obj: str, save_path: str, few_shot: bool, training: bool,
-           learning_rate: float = 1e-3) -> argparse.ArgumentParser:
-    """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
-    p = argparse.ArgumentParser(description=description)
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that build the model and say where and how it runs (also predict.py's)."""
     p.add_argument('--model_name', default='ViT-L-14-336',
                    help='open_clip model name, a config name in CLIP/model_configs (e.g. tiny-clip), or a JSON path')
     p.add_argument('--pretrain', default='openai',
                    help="'openai' (CLIP/ckpt/ViT-L-14-336px.pt, else open_clip's download), a weights file, or 'none'")
-    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
-    p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
-    p.add_argument('--batch_size', type=int, default=1 if training else 16,
-                   help='images per training step' if training
-                   else 'images per inference batch (scores do not depend on it)')
-    p.add_argument('--save_path', default=save_path, help='folder of the <Obj>.pth adapter checkpoints')
     p.add_argument('--img_size', type=int, default=240, help='input resolution (the paper: 240)')
     p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
                    help='1-based transformer blocks that get adapters')
@@ -50,6 +42,35 @@ def parser(description: str, obj: str, save_path: str, few_shot: bool, training:
                    help='autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere')
     p.add_argument('--quick_gelu', action='store_true',
                    help="QuickGELU, as OpenAI trained CLIP (the authors' numbers use exact GELU)")
+
+
+def build_model(args: argparse.Namespace, device: torch.device,
+                checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
+    """The frozen CLIP with adapters, from the model flags; the checkpoint is read first, so a bad
+    one fails before a large model is built."""
+    adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
+    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
+    clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
+    try:
+        model = MultiLevelAdaptedCLIP(clip, args.features_list)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    if adapters is not None:
+        load_adapters(model, checkpoint, adapters)
+    return model.to(device)
+
+
+def parser(description: str, obj: str, save_path: str, few_shot: bool, training: bool,
+           learning_rate: float = 1e-3) -> argparse.ArgumentParser:
+    """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
+    p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
+    p.add_argument('--batch_size', type=int, default=1 if training else 16,
+                   help='images per training step' if training
+                   else 'images per inference batch (scores do not depend on it)')
+    p.add_argument('--save_path', default=save_path, help='folder of the <Obj>.pth adapter checkpoints')
+    add_model_arguments(p)
     p.add_argument('--results', type=Path, default=None, help='write the scores and AUROCs to this JSON file')
     if few_shot:
         p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images')
@@ -115,17 +136,9 @@ class Session:
         self.clip: Optional[CLIP] = None
 
     def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
-        args = self.args
-        adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
-        pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
-        self.clip = create_model(args.model_name, args.img_size, pretrained, self.device, args.quick_gelu)
-        try:
-            model = MultiLevelAdaptedCLIP(self.clip, args.features_list)
-        except ValueError as error:
-            raise DataError(str(error)) from None
-        if adapters is not None:
-            load_adapters(model, checkpoint, adapters)
-        return model.to(self.device)
+        model = build_model(self.args, self.device, checkpoint)
+        self.clip = model.clipmodel
+        return model
 
     def autocast(self) -> ContextManager:
         return autocast(self.device, self.precision)
