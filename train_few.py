@@ -34,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     abnormal, abnormal_masks = augment(data.fewshot_abnorm_img, data.fewshot_abnorm_mask)
     normal, normal_masks = augment(data.fewshot_norm_img)
     labels = torch.cat([torch.ones(len(abnormal)), torch.zeros(len(normal))])
-    # The frozen blocks before the first adapter give the same stream every epoch: computed once.
+    # The frozen blocks up to the first adapters give the same stream every epoch: computed once.
     streams = embed_images(model, torch.cat([abnormal, normal]), args.eval_batch_size, session.device,
                            session.precision)
     normal_streams = streams[len(abnormal):]

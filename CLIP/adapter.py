@@ -1,10 +1,12 @@
 """MVFA's multi-level visual feature adapter around a frozen open_clip ViT image encoder."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from open_clip.model import CLIP
+from open_clip.transformer import ResidualAttentionBlock
 
 # After an adapted block the stream is 0.8 * x + 0.1 * seg + 0.1 * det (the authors' weights):
 # most of the frozen representation is kept so deeper CLIP blocks still see familiar input.
@@ -27,16 +29,41 @@ class ClipAdapter(nn.Module):
         return hidden, self.fc2(hidden)
 
 
+def fuses_attention(block: nn.Module) -> bool:
+    """Whether `fused_block` computes what `block` does: open_clip's plain self-attention block."""
+    attention = getattr(block, 'attn', None)
+    return (type(block) is ResidualAttentionBlock and isinstance(attention, nn.MultiheadAttention)
+            and attention.batch_first and attention._qkv_same_embed_dim and attention.bias_k is None
+            and not hasattr(block, 'ln_1_kv'))
+
+
+def fused_block(block: ResidualAttentionBlock, x: Tensor) -> Tensor:
+    """`block(x)` with its attention computed by `F.scaled_dot_product_attention`.
+
+    The same function to float rounding, but one fused (flash) attention kernel: in inference,
+    nn.MultiheadAttention's fast path multiplies, softmaxes and copies in separate passes (a
+    ViT-L block takes 5 % longer on a CPU), and in training it reshapes through extra copies.
+    """
+    attention = block.attn
+    batch, length, width = x.shape
+    qkv = F.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, attention.num_heads, width // attention.num_heads).permute(2, 0, 3, 1, 4)
+    heads = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(attention.out_proj(heads))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 class MultiLevelAdaptedCLIP(nn.Module):
     """A frozen CLIP image encoder with a seg and a det adapter after each block in `features`.
 
     `features` are 1-based block indices, increasing. `forward(images)` returns
     `(pooled, seg_tokens, det_tokens)`: the tokens are one `(B, 1 + L, embed_dim)` tensor per
     level, class token first. `seg_adapters` / `det_adapters` hold the only trainable weights and
-    their state dicts are the authors' checkpoint format.
+    their state dicts are the authors' checkpoint format. With `fused_attention` (the default) the
+    blocks run through `fused_block`; False runs open_clip's own block forward.
     """
 
-    def __init__(self, clip_model: CLIP, features: Sequence[int]) -> None:
+    def __init__(self, clip_model: CLIP, features: Sequence[int], fused_attention: bool = True) -> None:
         super().__init__()
         visual = clip_model.visual
         depth = len(visual.transformer.resblocks)
@@ -48,6 +75,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.clipmodel = clip_model
         self.image_encoder = visual
         self.features = features
+        self.fused_attention = fused_attention and all(map(fuses_attention, visual.transformer.resblocks))
         width, embed_dim = visual.conv1.out_channels, visual.output_dim
         self.seg_adapters = nn.ModuleList(ClipAdapter(width, embed_dim) for _ in features)
         self.det_adapters = nn.ModuleList(ClipAdapter(width, embed_dim) for _ in features)
@@ -59,48 +87,50 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.image_encoder.eval()
         return self
 
-    def _blocks(self, start: int, stop: int) -> nn.Sequential:
-        return self.image_encoder.transformer.resblocks[start:stop]
-
-    def embed(self, images: Tensor) -> Tensor:
-        """The token stream entering the first adapted block.
-
-        No trainable weight acts before that block, so this can be computed once and cached.
-        """
-        stream = self.image_encoder._embeds(images)
-        for block in self._blocks(0, self.features[0] - 1):
-            stream = block(stream)
+    def _run_blocks(self, stream: Tensor, start: int, stop: int) -> Tensor:
+        """The stream through blocks start..stop - 1 (0-based)."""
+        for block in self.image_encoder.transformer.resblocks[start:stop]:
+            stream = fused_block(block, stream) if self.fused_attention else block(stream)
         return stream
 
-    def adapt(self, stream: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
-        """Run the adapted blocks on a stream from `embed`; returns the stream after the last level."""
+    def embed(self, images: Tensor) -> Tensor:
+        """The stream the first adapters read: the output of the first adapted block.
+
+        No trainable weight acts before it, so this can be computed once and cached.
+        """
+        return self._run_blocks(self.image_encoder._embeds(images), 0, self.features[0])
+
+    def adapt(self, stream: Tensor, last_stream: bool = True) -> Tuple[Optional[Tensor], Tokens, Tokens]:
+        """Adapters and the blocks between them, on a stream from `embed`.
+
+        Returns the stream after the last level, or with `last_stream=False` None, sparing the
+        last level's fc2 layers, which only that stream reads.
+        """
         seg_tokens, det_tokens = [], []
-        for level, (block_index, seg_adapter, det_adapter) in enumerate(
-                zip(self.features, self.seg_adapters, self.det_adapters)):
-            start = self.features[0] - 1 if level == 0 else self.features[level - 1]
-            for block in self._blocks(start, block_index):
-                stream = block(stream)
-            seg_hidden, seg_out = seg_adapter(stream)
-            det_hidden, det_out = det_adapter(stream)
-            stream = RESIDUAL_KEEP * stream + RESIDUAL_ADAPTER * seg_out + RESIDUAL_ADAPTER * det_out
+        for level, (seg_adapter, det_adapter) in enumerate(zip(self.seg_adapters, self.det_adapters)):
+            if level > 0:
+                stream = self._run_blocks(stream, self.features[level - 1], self.features[level])
+            seg_hidden, det_hidden = seg_adapter.fc1(stream), det_adapter.fc1(stream)
             seg_tokens.append(seg_hidden)
             det_tokens.append(det_hidden)
-        return stream, seg_tokens, det_tokens
+            if last_stream or level < len(self.features) - 1:
+                stream = (RESIDUAL_KEEP * stream + RESIDUAL_ADAPTER * seg_adapter.fc2(seg_hidden)
+                          + RESIDUAL_ADAPTER * det_adapter.fc2(det_hidden))
+        return (stream if last_stream else None), seg_tokens, det_tokens
 
     def tokens(self, inputs: Tensor) -> Tuple[Tokens, Tokens]:
-        """Seg and det tokens of every level, without running the blocks no level reads.
+        """Seg and det tokens of every level, without running what no level reads.
 
         `inputs` are images (B, 3, H, W) or, to skip the frozen blocks, their `embed` stream
         (B, 1 + L, width).
         """
         stream = inputs if inputs.dim() == 3 else self.embed(inputs)
-        _, seg_tokens, det_tokens = self.adapt(stream)
+        _, seg_tokens, det_tokens = self.adapt(stream, last_stream=False)
         return seg_tokens, det_tokens
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
         stream, seg_tokens, det_tokens = self.adapt(self.embed(images))
-        for block in self._blocks(self.features[-1], len(self.image_encoder.transformer.resblocks)):
-            stream = block(stream)
+        stream = self._run_blocks(stream, self.features[-1], len(self.image_encoder.transformer.resblocks))
         pooled, _ = self.image_encoder._pool(stream)
         if self.image_encoder.proj is not None:
             pooled = pooled @ self.image_encoder.proj

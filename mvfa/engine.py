@@ -67,7 +67,7 @@ class MemoryBank:
 @torch.no_grad()  # not inference_mode: training steps start from these streams
 def embed_images(model: MultiLevelAdaptedCLIP, images: Tensor, batch_size: int, device: torch.device,
                  precision: str = 'fp32') -> Tensor:
-    """The streams entering the first adapted block, for `model.tokens`: the blocks before it are
+    """The streams the first adapters read, for `model.tokens`: the blocks up to them are
     frozen, so images seen every epoch need them once (ViT-L at 240 px: 1.2 MB per image in fp32)."""
     streams = []
     for start in range(0, len(images), batch_size):

@@ -4,19 +4,24 @@ Speed is not asserted: it depends on the machine and on what else runs on it.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import platform
 from pathlib import Path
 
 import pytest
 import torch
 
 import bench
+from mvfa.cli import pick_device
 from open_clip.transformer import ResidualAttentionBlock
 
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
         '--img_size', '56', '--n_images', '4', '--batch_size', '3', '--shot', '1', '--device', 'cpu',
         '--threads', '1']
-PATH_FIELDS = {'test_images_per_s', 'memory_bank_s', 'epoch_s', 'test_peak_mib', 'epoch_peak_mib'}
+PATH_FIELDS = {'test_images_per_s', 'memory_bank_s', 'train_s', 'bank_s', 'test_s', 'epoch_s', 'test_peak_mib',
+               'epoch_peak_mib'}
+MIB = 1 << 20
 
 
 @pytest.fixture(scope='module')
@@ -33,6 +38,10 @@ def test_both_paths_give_the_same_scores(report_and_file) -> None:
 def test_report_has_every_field(report_and_file) -> None:
     report, path = report_and_file
     assert PATH_FIELDS <= set(report['reference']) and PATH_FIELDS <= set(report['ours'])
+    assert 'setup_s' in report['ours'] and 'setup_s' not in report['reference']  # the reference has no set-up
+    for side in ('reference', 'ours'):
+        timings = report[side]
+        assert timings['epoch_s'] == pytest.approx(timings['train_s'] + timings['bank_s'] + timings['test_s'])
     assert {'encode_image_images_per_s', 'tokens_images_per_s'} <= set(report['ours'])
     assert set(report['ratios']) == {'test_throughput', 'epoch_speedup', 'epoch_peak_memory', 'test_peak_memory'}
     assert all(value > 0 for value in report['ratios'].values() if value is not None)
@@ -57,3 +66,29 @@ def test_reference_attention_asks_for_weights_and_is_restored() -> None:
 def test_too_few_images_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(['--n_images', '1'])
+
+
+def test_only_our_path_fuses_attention() -> None:
+    args = bench.parse_args(TINY)
+    assert not bench.load_model('reference', args, torch.device('cpu')).fused_attention
+    assert bench.load_model('ours', args, torch.device('cpu')).fused_attention
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                                     'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+
+
+@pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc', reason='glibc only')
+def test_cpu_keeps_freed_memory_for_reuse() -> None:
+    """Large tensors come from the heap, not fresh mappings, and stay there when freed."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, 'mallinfo2'):
+        pytest.skip('glibc older than 2.33 has no mallinfo2')
+    libc.mallinfo2.restype = MallInfo2
+    pick_device('cpu')
+    mapped_before = libc.mallinfo2().hblkhd
+    tensor = torch.ones(16 * MIB)  # 64 MiB: by default glibc maps a block this large on its own
+    assert libc.mallinfo2().hblkhd - mapped_before < 64 * MIB
+    del tensor
+    assert libc.mallinfo2().fordblks >= 64 * MIB  # freed, and kept for the next tensor

@@ -99,3 +99,68 @@ def test_fuse_normalises_each_part_over_the_whole_set():
 
 def test_constant_scores_normalise_to_zeros_not_nan():
     torch.testing.assert_close(scoring.min_max_normalise(torch.full((2, 3), 0.7)), torch.zeros(2, 3))
+
+
+def test_fused_attention_computes_open_clips_blocks(tiny):
+    """Tokens and adapter gradients through `fused_block` equal those through open_clip's blocks."""
+    images = torch.rand(3, 3, 56, 56)
+    results = []
+    for fused in (True, False):
+        model = MultiLevelAdaptedCLIP(tiny, [3, 6, 9, 12], fused_attention=fused)
+        torch.manual_seed(1)
+        for adapter in [*model.seg_adapters, *model.det_adapters]:
+            adapter.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
+        assert model.fused_attention is fused
+        seg, det = model.tokens(images)
+        (seg[-1].square().sum() + det[0].sum()).backward()
+        results.append((seg, det, model.seg_adapters[0].fc1[0].weight.grad))
+    (seg_fused, det_fused, grad_fused), (seg_plain, det_plain, grad_plain) = results
+    for level in range(4):
+        torch.testing.assert_close(seg_fused[level], seg_plain[level], atol=1e-5, rtol=0)
+        torch.testing.assert_close(det_fused[level], det_plain[level], atol=1e-5, rtol=0)
+    assert grad_fused.abs().max() > 0
+    torch.testing.assert_close(grad_fused, grad_plain, atol=1e-5, rtol=1e-4)
+
+
+def test_blocks_that_fused_block_does_not_know_run_their_own_forward(tiny):
+    class OtherBlock(type(tiny.visual.transformer.resblocks[0])):
+        pass
+
+    clip = create_model('tiny-clip', img_size=56, pretrained=None)
+    assert MultiLevelAdaptedCLIP(clip, [3]).fused_attention
+    clip.visual.transformer.resblocks[5].__class__ = OtherBlock
+    assert not MultiLevelAdaptedCLIP(clip, [3]).fused_attention
+
+
+def test_embed_is_the_stream_the_first_adapters_read(tiny):
+    """Every block up to the first adapted one is frozen, so `embed` runs all of them, and tokens
+    from its stream equal tokens from the images."""
+    model = MultiLevelAdaptedCLIP(tiny, [4, 8])
+    images = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        expected = tiny.visual._embeds(images)
+        for block in tiny.visual.transformer.resblocks[:4]:
+            expected = block(expected)
+        stream = model.embed(images)
+        torch.testing.assert_close(stream, expected, atol=1e-5, rtol=0)
+        for from_images, from_stream in zip(model.tokens(images), model.tokens(stream)):
+            for level in range(2):
+                torch.testing.assert_close(from_images[level], from_stream[level], atol=1e-6, rtol=0)
+
+
+def test_tokens_skip_the_last_levels_fc2(tiny):
+    """Only the stream after the last level reads that level's fc2 layers: `tokens` spares them."""
+    model = MultiLevelAdaptedCLIP(tiny, [3, 6])
+    calls = []
+    for adapters in (model.seg_adapters, model.det_adapters):
+        for adapter in adapters:
+            adapter.fc2.register_forward_hook(lambda module, inputs, output: calls.append(module))
+    images = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        seg, det = model.tokens(images)
+        assert calls == [model.seg_adapters[0].fc2, model.det_adapters[0].fc2]
+        _, seg_forward, det_forward = model(images)
+    assert len(calls) == 2 + 4  # forward runs both levels' fc2 layers
+    for level in range(2):
+        torch.testing.assert_close(seg[level], seg_forward[level])
+        torch.testing.assert_close(det[level], det_forward[level])
