@@ -34,12 +34,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from mvfa import scoring
 from mvfa.cli import pick_device
-from mvfa.engine import (MVFALoss, adapter_optimizers, build_memory_bank, cache_streams, embed_images, evaluate,
-                         train_step)
+from mvfa.engine import (MVFALoss, adapter_optimizers, autocast, build_memory_bank, cache_streams, embed_images,
+                         evaluate, resolve_precision, train_step)
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
-# Scores of the two paths may differ by float rounding only (the parity tolerance).
-SCORE_TOLERANCE = 1e-4
+# Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or
+# bf16 the two paths round differently (other batches, other kernels), as two fp16 runs of the authors' would.
+SCORE_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2, 'bf16': 1e-1}
 # Target of the MVFA overhead over plain `clip.visual(images)`, as a fraction.
 OVERHEAD_TARGET = 0.15
 # The few-shot training batch and learning rate of train_few.py (and of the authors).
@@ -61,6 +62,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, default=8, help='our inference batch (the reference runs batch 1)')
     p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images (11 views each)')
     p.add_argument('--device', default=None, help='cuda, mps or cpu (default: cuda if available, else mps, else cpu)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
+                   help='autocast of both paths; auto: fp16 on CUDA (as the authors ran), fp32 elsewhere')
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each path (default: torch's)")
     p.add_argument('--seed', type=int, default=111)
     p.add_argument('--json', type=Path, default=None, help='also write the report to this JSON file')
@@ -183,6 +186,13 @@ def load_model(path: str, args: argparse.Namespace, device: torch.device) -> Mul
 # ----------------------------------------------------------------------------- the reference-style path
 
 @contextlib.contextmanager
+def reference_style(device: torch.device, precision: str) -> Iterator[None]:
+    """Attention weights requested from every block, under the authors' autocast."""
+    with attention_weights_requested(), autocast(device, precision):
+        yield
+
+
+@contextlib.contextmanager
 def attention_weights_requested() -> Iterator[None]:
     """Every block asks `nn.MultiheadAttention` for its attention weights, as the authors' modified
     open_clip did; this rules out the fused attention kernels. The text tower's causal mask is kept."""
@@ -218,9 +228,9 @@ def reference_evaluate(model: MultiLevelAdaptedCLIP, workload: Workload, bank: L
     for image in workload.test_images.split(1):
         _, seg, _ = model(image.to(device))
         few_maps.append(np.sum([scoring.few_shot_maps([level], [scoring.memory_bank([level_bank])], img_size)
-                                .cpu().numpy() for level, level_bank in zip(seg, bank)], axis=0))
+                                .float().cpu().numpy() for level, level_bank in zip(seg, bank)], axis=0))
         zero_maps.append(np.sum([scoring.zero_shot_maps([level], workload.text_features.to(device), img_size)
-                                 .cpu().numpy() for level in seg], axis=0))
+                                 .float().cpu().numpy() for level in seg], axis=0))
     pixel_scores = scoring.fuse(torch.from_numpy(np.concatenate(zero_maps)), torch.from_numpy(np.concatenate(few_maps)))
     image_scores = pixel_scores.flatten(1).amax(dim=1)
     # The AUROCs are not returned: they are computed because the authors' test (and `evaluate`) does.
@@ -236,7 +246,7 @@ def memory_bank(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, arg
     """The memory bank from the augmented normal support images."""
     if path == 'reference':
         return reference_memory_bank(model, workload.normal, device)
-    return build_memory_bank(model, workload.normal, args.batch_size, device)
+    return build_memory_bank(model, workload.normal, args.batch_size, device, args.precision)
 
 
 def test_loader(workload: Workload, batch_size: int) -> DataLoader:
@@ -250,7 +260,7 @@ def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, 
     if path == 'reference':
         return reference_evaluate(model, workload, bank, args.img_size, device)
     result = evaluate(model, loader or test_loader(workload, args.batch_size), workload.text_features.to(device),
-                      True, args.img_size, device, bank=bank, progress=False)
+                      True, args.img_size, device, args.precision, bank=bank, progress=False)
     return result.image_scores, result.pixel_scores
 
 
@@ -271,14 +281,15 @@ def epoch(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: arg
     loss_fn = MVFALoss(args.img_size)
     text_features = workload.text_features.to(device)
     ours = path == 'ours'
-    inputs = (part('setup', lambda: embed_images(model, workload.train_images, args.batch_size, device)) if ours
+    inputs = (part('setup', lambda: embed_images(model, workload.train_images, args.batch_size, device,
+                                                 args.precision)) if ours
               else workload.train_images)
     part('train', lambda: [train_step(model, seg_optimizer, det_optimizer, loss_fn, images, labels, masks,
-                                      text_features, device)
+                                      text_features, device, args.precision)
                            for images, masks, labels in train_loader(inputs, workload, args.seed)])
     # The augmented normal images close the training set.
     bank = part('bank', lambda: build_memory_bank(model, inputs[len(inputs) - len(workload.normal):],
-                                                  args.batch_size, device) if ours
+                                                  args.batch_size, device, args.precision) if ours
                 else memory_bank(path, model, workload, args, device))
     part('test', lambda: score_test_set(path, model, workload, bank, args, device))
     seconds['epoch'] = seconds['train'] + seconds['bank'] + seconds['test']
@@ -287,10 +298,22 @@ def epoch(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: arg
 
 @torch.inference_mode()
 def batched_throughput(forward: Callable[[Tensor], object], images: Tensor, batch_size: int,
-                       device: torch.device) -> float:
-    """Images per second of `forward` over `images` in batches."""
-    _, seconds = timed(device, lambda: [forward(batch.to(device)) for batch in images.split(batch_size)])
+                       device: torch.device, precision: str) -> float:
+    """Images per second of `forward` over `images` in batches, after one batch of warm-up."""
+    batches = [batch.to(device) for batch in images.split(batch_size)]
+    with autocast(device, precision):
+        forward(batches[0])
+        _, seconds = timed(device, lambda: [forward(batch) for batch in batches])
     return len(images) / seconds
+
+
+def encode_image(model: MultiLevelAdaptedCLIP, images: Tensor) -> Tensor:
+    """CLIP's image embedding through the same blocks as MVFA's tokens, without adapters: open_clip's
+    own forward is the same function, but under CPU autocast its attention copies the in-projection
+    weights once per token position (ViT-L in bf16: 40 s for 8 images)."""
+    visual = model.image_encoder
+    pooled, _ = visual._pool(model.run_blocks(visual._embeds(images), 0, len(visual.transformer.resblocks)))
+    return pooled if visual.proj is None else pooled @ visual.proj
 
 
 PHASES = ('test', 'epoch')
@@ -302,13 +325,16 @@ def measure(path: str, phase: str, args: argparse.Namespace) -> Dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    args.precision = resolve_precision(args.precision, device)
     model = load_model(path, args, device)
     workload = make_workload(args, model.image_encoder.output_dim)
-    with attention_weights_requested() if path == 'reference' else contextlib.nullcontext():
+    # The reference runs under autocast throughout, as the authors' loops did; ours autocasts inside.
+    with reference_style(device, args.precision) if path == 'reference' else contextlib.nullcontext():
         if path == 'reference':
             model.requires_grad_(True)  # what the authors' scripts did to every parameter
-        with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not measured
-            model.tokens(workload.test_images[:1].to(device))
+        # Warm-up at the measured batch size: first-call allocations and kernel selection are not measured.
+        with torch.no_grad(), autocast(device, args.precision):
+            model.tokens(workload.test_images[:1 if path == 'reference' else args.batch_size].to(device))
         if phase == 'epoch':
             seconds, peak_mib = peak_above_start(device, lambda: epoch(path, model, workload, args, device))
             return {**{f'{name}_s': value for name, value in seconds.items()}, 'epoch_peak_mib': peak_mib}
@@ -322,14 +348,16 @@ def measure(path: str, phase: str, args: argparse.Namespace) -> Dict:
               'memory_bank_s': bank_seconds, 'test_peak_mib': peak_mib}
     if path == 'ours':
         # Model selection with --cache_streams scores the test set from its streams, cached once per run.
-        streams = cache_streams(model, test_loader(workload, args.batch_size), device)
+        streams = cache_streams(model, test_loader(workload, args.batch_size), device, args.precision)
         cached_scores, cached_seconds = timed(device, lambda: score_test_set(path, model, workload, bank, args, device,
                                                                              streams))
         result.update({'cached_image_scores': cached_scores[0], 'cached_pixel_scores': cached_scores[1],
                        'cached_test_images_per_s': args.n_images / cached_seconds})
-        result['encode_image_images_per_s'] = batched_throughput(model.image_encoder, workload.test_images,
-                                                                 args.batch_size, device)
-        result['tokens_images_per_s'] = batched_throughput(model.tokens, workload.test_images, args.batch_size, device)
+        result['encode_image_images_per_s'] = batched_throughput(lambda images: encode_image(model, images),
+                                                                 workload.test_images,
+                                                                 args.batch_size, device, args.precision)
+        result['tokens_images_per_s'] = batched_throughput(model.tokens, workload.test_images, args.batch_size, device,
+                                                           args.precision)
     return result
 
 
@@ -349,6 +377,7 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[
 
 
 def build_report(args: argparse.Namespace, reference: Dict, ours: Dict) -> Dict:
+    precision = resolve_precision(args.precision, pick_device(args.device))
     score_diff = max(float(np.abs(reference[key] - ours[prefix + key]).max())
                      for key in ('image_scores', 'pixel_scores') for prefix in ('', 'cached_'))
     timings = {path: {key: value for key, value in result.items() if not key.endswith('_scores')}
@@ -359,7 +388,8 @@ def build_report(args: argparse.Namespace, reference: Dict, ours: Dict) -> Dict:
         'features': args.features_list,
         'n_images': args.n_images, 'batch_size': args.batch_size, 'shot': args.shot,
         'train_images': 2 * AUGMENTED_COPIES * args.shot,
-        'score_max_abs_diff': score_diff, 'scores_match': score_diff < SCORE_TOLERANCE, **timings,
+        'precision': precision, 'score_max_abs_diff': score_diff,
+        'scores_match': score_diff < SCORE_TOLERANCE[precision], **timings,
         'ratios': {
             'test_throughput': ratio(ours['test_images_per_s'], reference['test_images_per_s']),
             'epoch_speedup': ratio(reference['epoch_s'], ours['epoch_s']),
@@ -402,11 +432,12 @@ def format_report(report: Dict) -> str:
          times(ratios['test_peak_memory'])),
     ]
     lines = [f"{report['model']} ({report['pretrain']} weights), {report['img_size']} px, features "
-             f"{report['features']}, device {report['device']} ({report['torch_threads']} threads), "
+             f"{report['features']}, device {report['device']} ({report['torch_threads']} threads, {report['precision']}), "
              f"{report['n_images']} test images, batch {report['batch_size']}, {report['shot']}-shot "
              f"({report['train_images']} training images)",
              f"scores: max abs diff {report['score_max_abs_diff']:.2e} "
-             f"({'match' if report['scores_match'] else 'MISMATCH'}, tolerance {SCORE_TOLERANCE:g})",
+             f"({'match' if report['scores_match'] else 'MISMATCH'}, tolerance "
+             f"{SCORE_TOLERANCE[report['precision']]:g} in {report['precision']})",
              '', '| | reference-style | ours | ours vs reference |', '| --- | --- | --- | --- |']
     lines += [f'| {name} | {a} | {b} | {c} |' for name, a, b, c in rows]
     lines += ['', f"encode_image alone: {ours['encode_image_images_per_s']:.3f} images/s; MVFA test pass overhead "

@@ -87,7 +87,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.image_encoder.eval()
         return self
 
-    def _run_blocks(self, stream: Tensor, start: int, stop: int) -> Tensor:
+    def run_blocks(self, stream: Tensor, start: int, stop: int) -> Tensor:
         """The stream through blocks start..stop - 1 (0-based)."""
         for block in self.image_encoder.transformer.resblocks[start:stop]:
             stream = fused_block(block, stream) if self.fused_attention else block(stream)
@@ -98,7 +98,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
 
         No trainable weight acts before it, so this can be computed once and cached.
         """
-        return self._run_blocks(self.image_encoder._embeds(images), 0, self.features[0])
+        return self.run_blocks(self.image_encoder._embeds(images), 0, self.features[0])
 
     def adapt(self, stream: Tensor, last_stream: bool = True) -> Tuple[Optional[Tensor], Tokens, Tokens]:
         """Adapters and the blocks between them, on a stream from `embed`.
@@ -109,7 +109,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
         seg_tokens, det_tokens = [], []
         for level, (seg_adapter, det_adapter) in enumerate(zip(self.seg_adapters, self.det_adapters)):
             if level > 0:
-                stream = self._run_blocks(stream, self.features[level - 1], self.features[level])
+                stream = self.run_blocks(stream, self.features[level - 1], self.features[level])
             seg_hidden, det_hidden = seg_adapter.fc1(stream), det_adapter.fc1(stream)
             seg_tokens.append(seg_hidden)
             det_tokens.append(det_hidden)
@@ -130,7 +130,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
         stream, seg_tokens, det_tokens = self.adapt(self.embed(images))
-        stream = self._run_blocks(stream, self.features[-1], len(self.image_encoder.transformer.resblocks))
+        stream = self.run_blocks(stream, self.features[-1], len(self.image_encoder.transformer.resblocks))
         pooled, _ = self.image_encoder._pool(stream)
         if self.image_encoder.proj is not None:
             pooled = pooled @ self.image_encoder.proj

@@ -120,7 +120,7 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
     labels, masks, image_parts, map_parts = [], [], {'zero': [], 'few': []}, {'zero': [], 'few': []}
     for images, batch_labels, batch_masks in tqdm(loader, desc='test', leave=False, disable=not progress):
         with autocast(device, precision):
-            seg, det = model.tokens(images.to(device))
+            seg, det = model.tokens(images.to(device, non_blocking=True))
             if bank is None or not with_masks:
                 image_parts['zero'].append(scoring.zero_shot_image_scores(det, text_features).float())
             if bank is not None and not with_masks:

@@ -32,7 +32,7 @@ def report_and_file(tmp_path_factory: pytest.TempPathFactory):
 
 def test_both_paths_give_the_same_scores(report_and_file) -> None:
     report, _ = report_and_file
-    assert report['scores_match'] and report['score_max_abs_diff'] < bench.SCORE_TOLERANCE
+    assert report['scores_match'] and report['score_max_abs_diff'] < bench.SCORE_TOLERANCE['fp32']
 
 
 def test_report_has_every_field(report_and_file) -> None:
@@ -47,6 +47,7 @@ def test_report_has_every_field(report_and_file) -> None:
     assert all(value > 0 for value in report['ratios'].values() if value is not None)
     assert isinstance(report['mvfa_overhead'], float) and isinstance(report['adapter_overhead'], float)
     assert report['train_images'] == 22 and report['n_images'] == 4 and report['device'] == 'cpu'
+    assert report['precision'] == 'fp32'  # auto on a CPU
     assert json.loads(Path(path).read_text()) == json.loads(json.dumps(report))
 
 
@@ -66,6 +67,13 @@ def test_reference_attention_asks_for_weights_and_is_restored() -> None:
 def test_too_few_images_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(['--n_images', '1'])
+
+
+def test_encode_image_baseline_is_clips_image_embedding() -> None:
+    model = bench.load_model('ours', bench.parse_args(TINY), torch.device('cpu'))
+    images = torch.rand(3, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(bench.encode_image(model, images), model.image_encoder(images), atol=1e-5, rtol=0)
 
 
 def test_only_our_path_fuses_attention() -> None:
