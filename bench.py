@@ -27,8 +27,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from open_clip.transformer import ResidualAttentionBlock
-from torch import Tensor
 from sklearn.metrics import roc_auc_score
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from CLIP import MultiLevelAdaptedCLIP, create_model
@@ -41,7 +41,7 @@ from utils import AUGMENTED_COPIES, augment, setup_seed
 # Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or
 # bf16 the two paths round differently (other batches, other kernels), as two fp16 runs of the authors' would.
 SCORE_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2, 'bf16': 1e-1}
-# Target of the MVFA overhead over plain `clip.visual(images)`, as a fraction.
+# Target of the MVFA overhead over plain CLIP image encoding (`encode_image`), as a fraction.
 OVERHEAD_TARGET = 0.15
 # The few-shot training batch and learning rate of train_few.py (and of the authors).
 TRAIN_BATCH_SIZE, LEARNING_RATE = 1, 1e-3
@@ -259,8 +259,9 @@ def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, 
     """The few-shot test of the test set against `bank`; ours from `loader` if given (cached streams)."""
     if path == 'reference':
         return reference_evaluate(model, workload, bank, args.img_size, device)
-    result = evaluate(model, loader or test_loader(workload, args.batch_size), workload.text_features.to(device),
-                      True, args.img_size, device, args.precision, bank=bank, progress=False)
+    loader = test_loader(workload, args.batch_size) if loader is None else loader
+    result = evaluate(model, loader, workload.text_features.to(device), True, args.img_size, device, args.precision,
+                      bank=bank, progress=False)
     return result.image_scores, result.pixel_scores
 
 
@@ -341,7 +342,8 @@ def measure(path: str, phase: str, args: argparse.Namespace) -> Dict:
 
         def few_shot_test() -> Tuple[object, float, Scores, float]:
             bank, bank_seconds = timed(device, lambda: memory_bank(path, model, workload, args, device))
-            return (bank, bank_seconds, *timed(device, lambda: score_test_set(path, model, workload, bank, args, device)))
+            scores, test_seconds = timed(device, lambda: score_test_set(path, model, workload, bank, args, device))
+            return bank, bank_seconds, scores, test_seconds
 
         (bank, bank_seconds, scores, test_seconds), peak_mib = peak_above_start(device, few_shot_test)
     result = {'image_scores': scores[0], 'pixel_scores': scores[1], 'test_images_per_s': args.n_images / test_seconds,
@@ -432,7 +434,8 @@ def format_report(report: Dict) -> str:
          times(ratios['test_peak_memory'])),
     ]
     lines = [f"{report['model']} ({report['pretrain']} weights), {report['img_size']} px, features "
-             f"{report['features']}, device {report['device']} ({report['torch_threads']} threads, {report['precision']}), "
+             f"{report['features']}, device {report['device']} ({report['torch_threads']} threads, "
+             f"{report['precision']}), "
              f"{report['n_images']} test images, batch {report['batch_size']}, {report['shot']}-shot "
              f"({report['train_images']} training images)",
              f"scores: max abs diff {report['score_max_abs_diff']:.2e} "
