@@ -35,7 +35,7 @@ from CLIP import MultiLevelAdaptedCLIP, create_model
 from mvfa import scoring
 from mvfa.cli import pick_device
 from mvfa.engine import (MVFALoss, adapter_optimizers, autocast, build_memory_bank, cache_streams, embed_images,
-                         evaluate, resolve_precision, train_step)
+                         evaluate, prepare_for_precision, resolve_precision, train_step)
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
 # Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or
@@ -328,6 +328,8 @@ def measure(path: str, phase: str, args: argparse.Namespace) -> Dict:
     device = pick_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     model = load_model(path, args, device)
+    if path == 'ours':
+        prepare_for_precision(model, args.precision)
     workload = make_workload(args, model.image_encoder.output_dim)
     # The reference runs under autocast throughout, as the authors' loops did; ours autocasts inside.
     with reference_style(device, args.precision) if path == 'reference' else contextlib.nullcontext():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from open_clip.model import CLIP
@@ -86,6 +87,18 @@ class MultiLevelAdaptedCLIP(nn.Module):
         super().train(mode)
         self.image_encoder.eval()
         return self
+
+    def cast_frozen_weights(self, dtype: torch.dtype) -> None:
+        """Store the frozen image encoder's matrix weights (linear, attention and convolution layers)
+        in `dtype`, for a model that only ever runs under autocast to `dtype`.
+
+        Autocast casts them to `dtype` at every call anyway (it keeps casts only of weights that
+        require grad), so every number stays the same, bit for bit; what goes is a pass over 300 M
+        weights per forward (ViT-L in bf16 on a CPU: 15 % of the time) and half their memory.
+        """
+        for module in self.image_encoder.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+                module.to(dtype)
 
     def run_blocks(self, stream: Tensor, start: int, stop: int) -> Tensor:
         """The stream through blocks start..stop - 1 (0-based)."""

@@ -19,7 +19,7 @@ from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from dataset.bmad import OBJECTS, DataError
 from dataset.medical_few import DEFAULT_SEED_DIR
 from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
-from mvfa.engine import Evaluation, autocast, resolve_precision
+from mvfa.engine import Evaluation, autocast, prepare_for_precision, resolve_precision
 from mvfa.metrics import image_metrics, pixel_metrics
 from mvfa.selection import SELECTION_MODES, ModelSelection
 from prompt import encode_text_with_prompt_ensemble
@@ -50,8 +50,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_model(args: argparse.Namespace, device: torch.device,
                 checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
-    """The frozen CLIP with adapters, from the model flags; the checkpoint is read first, so a bad
-    one fails before a large model is built."""
+    """The frozen CLIP with adapters, from the model flags, ready for `--precision`; the checkpoint
+    is read first, so a bad one fails before a large model is built."""
     adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
     pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
     clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
@@ -61,7 +61,7 @@ def build_model(args: argparse.Namespace, device: torch.device,
         raise DataError(str(error)) from None
     if adapters is not None:
         load_adapters(model, checkpoint, adapters)
-    return model.to(device)
+    return prepare_for_precision(model.to(device), resolve_precision(args.precision, device))
 
 
 def parser(description: str, obj: str, save_path: str, few_shot: bool, training: bool,

@@ -27,12 +27,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return 'fp16' if device.type == 'cuda' else 'fp32'
 
 
+# The dtype each reduced precision autocasts to.
+AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """fp16/bf16 autocast where asked for (the authors ran fp16 on CUDA); plain fp32 otherwise."""
     if precision == 'fp32':
         return contextlib.nullcontext()
-    dtype = torch.float16 if precision == 'fp16' else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def prepare_for_precision(model: MultiLevelAdaptedCLIP, precision: str) -> MultiLevelAdaptedCLIP:
+    """The model as it runs at `precision` (resolved): in fp16 or bf16 its frozen matrix weights are
+    stored in that dtype, which changes no number (`cast_frozen_weights`)."""
+    if precision in AUTOCAST_DTYPES:
+        model.cast_frozen_weights(AUTOCAST_DTYPES[precision])
+    return model
 
 
 @dataclass

@@ -164,3 +164,36 @@ def test_tokens_skip_the_last_levels_fc2(tiny):
     for level in range(2):
         torch.testing.assert_close(seg[level], seg_forward[level])
         torch.testing.assert_close(det[level], det_forward[level])
+
+
+def test_frozen_weights_stored_in_bf16_change_no_number():
+    """Under bf16 autocast the frozen weights are cast at every call anyway: storing them in bf16
+    gives the same tokens and adapter gradients, bit for bit."""
+    images = torch.rand(2, 3, 56, 56)
+    results = []
+    for cast in (False, True):
+        torch.manual_seed(1)  # the same random CLIP and adapters both times
+        model = MultiLevelAdaptedCLIP(create_model('tiny-clip', img_size=56, pretrained=None), [3, 6, 9, 12])
+        for adapter in [*model.seg_adapters, *model.det_adapters]:
+            adapter.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
+        if cast:
+            model.cast_frozen_weights(torch.bfloat16)
+            assert model.image_encoder.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16
+            assert model.image_encoder.conv1.weight.dtype == torch.bfloat16
+            assert model.seg_adapters[0].fc1[0].weight.dtype == torch.float32  # trained in fp32
+            assert model.clipmodel.token_embedding.weight.dtype == torch.float32  # text tower untouched
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            seg, det = model.tokens(images)
+            (seg[-1].float().square().sum() + det[0].float().sum()).backward()
+        results.append([*seg, *det, model.seg_adapters[0].fc1[0].weight.grad])
+    assert all(torch.equal(plain, cast) for plain, cast in zip(*results))
+
+
+@pytest.mark.parametrize('precision,dtype', [('fp32', torch.float32), ('bf16', torch.bfloat16)])
+def test_build_model_stores_frozen_weights_at_the_run_precision(precision, dtype):
+    from mvfa.cli import build_model, parser
+    args = parser('', obj='Brain', save_path='.', few_shot=False, training=False).parse_args(
+        ['--model_name', 'tiny-clip', '--pretrain', 'none', '--img_size', '56', '--features_list', '3',
+         '--precision', precision])
+    model = build_model(args, torch.device('cpu'))
+    assert model.image_encoder.transformer.resblocks[5].mlp.c_fc.weight.dtype == dtype
