@@ -144,10 +144,12 @@ class MultiLevelAdaptedCLIP(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
         stream, seg_tokens, det_tokens = self.adapt(self.embed(images))
         stream = self.run_blocks(stream, self.features[-1], len(self.image_encoder.transformer.resblocks))
+        return self.embedding(stream), seg_tokens, det_tokens
+
+    def embedding(self, stream: Tensor) -> Tensor:
+        """CLIP's pooled, projected image embedding of the stream after the last block."""
         pooled, _ = self.image_encoder._pool(stream)
-        if self.image_encoder.proj is not None:
-            pooled = pooled @ self.image_encoder.proj
-        return pooled, seg_tokens, det_tokens
+        return pooled if self.image_encoder.proj is None else pooled @ self.image_encoder.proj
 
 
 # The authors' name, kept so code written against their repository runs unchanged.

@@ -106,10 +106,8 @@ def test_fused_attention_computes_open_clips_blocks(tiny):
     images = torch.rand(3, 3, 56, 56)
     results = []
     for fused in (True, False):
+        torch.manual_seed(1)  # the same adapters both times
         model = MultiLevelAdaptedCLIP(tiny, [3, 6, 9, 12], fused_attention=fused)
-        torch.manual_seed(1)
-        for adapter in [*model.seg_adapters, *model.det_adapters]:
-            adapter.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
         assert model.fused_attention is fused
         seg, det = model.tokens(images)
         (seg[-1].square().sum() + det[0].sum()).backward()
@@ -174,8 +172,6 @@ def test_frozen_weights_stored_in_bf16_change_no_number():
     for cast in (False, True):
         torch.manual_seed(1)  # the same random CLIP and adapters both times
         model = MultiLevelAdaptedCLIP(create_model('tiny-clip', img_size=56, pretrained=None), [3, 6, 9, 12])
-        for adapter in [*model.seg_adapters, *model.det_adapters]:
-            adapter.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
         if cast:
             model.cast_frozen_weights(torch.bfloat16)
             assert model.image_encoder.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16
