@@ -1,12 +1,12 @@
 """Speed of MVFA: the authors' way of running it against ours, on the same model, weights and images.
 
-The reference-style path reproduces how the authors' code ran: one image at a time, every CLIP
-weight marked `requires_grad=True` (gradients of the frozen encoder computed and kept), attention
-weights requested from every block (no fused attention kernel), the few-shot test scored per
-image and per level, and scikit-learn's AUROC. Ours is `embed_images` / `train_step` /
-`build_memory_bank` / `evaluate` as `train_few.py` runs them. Both score the same synthetic test
-set (seg path: maps and masks); the scores must agree. Each path measures the test pass and the
-epoch in fresh processes, so that each peak memory is its own.
+The reference-style path (`benchmarks.reference`) reproduces how the authors' code ran: one image
+at a time, every CLIP weight marked `requires_grad=True` (gradients of the frozen encoder computed
+and kept), attention weights requested from every block (no fused attention kernel), the few-shot
+test scored per image and per level, and scikit-learn's AUROC. Ours is `frozen_streams` /
+`train_step` / `build_memory_bank` / `evaluate` as `train_few.py` runs them. Both score the same
+synthetic test set (seg path: maps and masks); the scores must agree. Each path measures the test
+pass and the epoch in fresh processes, so that each peak memory is its own.
 
     python bench.py                                          # ViT-L-14-336, random weights, 240 px, 4-shot
     python bench.py --model_name tiny-clip --features_list 3 6 9 12 --img_size 56 --n_images 4 --shot 1
@@ -18,24 +18,26 @@ import contextlib
 import json
 import multiprocessing
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from open_clip.transformer import ResidualAttentionBlock
-from sklearn.metrics import roc_auc_score
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.measure import batched_throughput, peak_above_start, timed
+from benchmarks.reference import (Scores, reference_evaluate, reference_memory_bank, reference_style,
+                                  reference_train)
 from CLIP import MultiLevelAdaptedCLIP, create_model
-from mvfa import scoring
-from mvfa.cli import pick_device
-from mvfa.engine import (MVFALoss, adapter_optimizers, autocast, build_memory_bank, cache_streams, embed_images,
-                         evaluate, prepare_for_precision, resolve_precision, train_step)
+from loss import MVFALoss
+from mvfa.config import PAPER
+from mvfa.evaluation import evaluate
+from mvfa.memory_bank import MemoryBank, build_memory_bank
+from mvfa.runtime import configure_backends, pick_device, resolve_precision
+from mvfa.training import AdapterOptimizers, EpochLosses, cache_streams, frozen_streams, train_step
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
 # Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or
@@ -43,11 +45,15 @@ from utils import AUGMENTED_COPIES, augment, setup_seed
 SCORE_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2, 'bf16': 1e-1}
 # Target of the MVFA overhead over plain CLIP image encoding (`encode_image`), as a fraction.
 OVERHEAD_TARGET = 0.15
-# The few-shot training batch and learning rate of train_few.py (and of the authors).
-TRAIN_BATCH_SIZE, LEARNING_RATE = 1, 1e-3
-MIB = 1 << 20
+# The few-shot training batch of train_few.py (and of the authors).
+TRAIN_BATCH_SIZE = 1
+PATHS = ('reference', 'ours')
+# What every measuring process imports and takes longest to (`fresh_process_context`).
+PRELOADED_LIBRARIES = ('torch', 'open_clip', 'sklearn.metrics', 'kornia')
+PHASES = ('test', 'epoch')
 
-Scores = Tuple[np.ndarray, np.ndarray]  # (image scores (N,), pixel scores (N, S, S))
+# A memory bank: ours, or the reference's raw tokens per level.
+Bank = Union[MemoryBank, List[Tensor]]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -71,62 +77,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.n_images < 2:
         p.error('--n_images must be at least 2 (one normal and one abnormal image)')
     return args
-
-
-# ----------------------------------------------------------------------------- timing and memory
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so a timer reads the work done, not the work launched."""
-    if device.type != 'cpu':
-        torch.accelerator.synchronize(device)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type != 'cpu':
-        torch.accelerator.reset_peak_memory_stats(device)
-    elif Path('/proc/self/clear_refs').exists():
-        Path('/proc/self/clear_refs').write_text('5')  # Linux: reset VmHWM to the current resident size
-
-
-def _proc_status_bytes(field: str) -> Optional[int]:
-    status = Path('/proc/self/status')
-    if not status.exists():
-        return None
-    line = next(line for line in status.read_text().splitlines() if line.startswith(field + ':'))
-    return int(line.split()[1]) * 1024  # the kernel reports kB
-
-
-def memory_in_use(device: torch.device) -> Optional[int]:
-    """Allocated accelerator memory, or the process's resident set on the CPU (None where unknown)."""
-    return torch.accelerator.memory_allocated(device) if device.type != 'cpu' else _proc_status_bytes('VmRSS')
-
-
-def peak_memory(device: torch.device) -> Optional[int]:
-    return torch.accelerator.max_memory_allocated(device) if device.type != 'cpu' else _proc_status_bytes('VmHWM')
-
-
-def timed(device: torch.device, work: Callable[[], object]) -> Tuple[object, float]:
-    """`work()` and the seconds it took."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = work()
-    synchronize(device)
-    return result, time.perf_counter() - start
-
-
-def peak_above_start(device: torch.device, work: Callable[[], object]) -> Tuple[object, Optional[float]]:
-    """`work()` and its peak memory in MiB above the level it started at.
-
-    On the CPU that is the resident set, which freed memory kept for reuse stays in: so each
-    measured phase runs first in a fresh process (`in_fresh_processes`).
-    """
-    synchronize(device)
-    reset_peak_memory(device)
-    start_memory = memory_in_use(device)
-    result = work()
-    synchronize(device)
-    peak = peak_memory(device)
-    return result, None if peak is None or start_memory is None else (peak - start_memory) / MIB
 
 
 # ----------------------------------------------------------------------------- workload
@@ -174,201 +124,158 @@ def train_loader(inputs: Tensor, workload: Workload, seed: int) -> DataLoader:
                       batch_size=TRAIN_BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def load_model(path: str, args: argparse.Namespace, device: torch.device) -> MultiLevelAdaptedCLIP:
-    """The same weights in every process (random ones come from the seeded generator); the
-    reference-style path runs open_clip's own blocks."""
-    setup_seed(args.seed)
-    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
-    return MultiLevelAdaptedCLIP(create_model(args.model_name, args.img_size, pretrained, 'cpu'),
-                                 args.features_list, fused_attention=path == 'ours').to(device)
-
-
-# ----------------------------------------------------------------------------- the reference-style path
-
-@contextlib.contextmanager
-def reference_style(device: torch.device, precision: str) -> Iterator[None]:
-    """Attention weights requested from every block, under the authors' autocast."""
-    with attention_weights_requested(), autocast(device, precision):
-        yield
-
-
-@contextlib.contextmanager
-def attention_weights_requested() -> Iterator[None]:
-    """Every block asks `nn.MultiheadAttention` for its attention weights, as the authors' modified
-    open_clip did; this rules out the fused attention kernels. The text tower's causal mask is kept."""
-    original = ResidualAttentionBlock.attention
-
-    def attention(self, q_x: Tensor, k_x: Optional[Tensor] = None, v_x: Optional[Tensor] = None,
-                  attn_mask: Optional[Tensor] = None) -> Tensor:
-        k_x = q_x if k_x is None else k_x
-        v_x = q_x if v_x is None else v_x
-        attn_mask = None if attn_mask is None else attn_mask.to(q_x.dtype)
-        return self.attn(q_x, k_x, v_x, need_weights=True, attn_mask=attn_mask)[0]
-
-    ResidualAttentionBlock.attention = attention
-    try:
-        yield
-    finally:
-        ResidualAttentionBlock.attention = original
-
-
-@torch.no_grad()
-def reference_memory_bank(model: MultiLevelAdaptedCLIP, normal: Tensor, device: torch.device) -> List[Tensor]:
-    """Per level, the raw seg tokens of every normal image, one image per forward pass."""
-    tokens = [model(image.to(device))[1] for image in normal.split(1)]
-    return [torch.cat([per_image[level][0] for per_image in tokens]) for level in range(len(model.features))]
-
-
-@torch.no_grad()
-def reference_evaluate(model: MultiLevelAdaptedCLIP, workload: Workload, bank: List[Tensor], img_size: int,
-                       device: torch.device) -> Scores:
-    """The authors' few-shot test of a segmentation object: per image, per level, maps to numpy;
-    the bank is normalised again for every test image, as their cosine similarity did."""
-    zero_maps, few_maps = [], []
-    for image in workload.test_images.split(1):
-        _, seg, _ = model(image.to(device))
-        few_maps.append(np.sum([scoring.few_shot_maps([level], [scoring.memory_bank([level_bank])], img_size)
-                                .float().cpu().numpy() for level, level_bank in zip(seg, bank)], axis=0))
-        zero_maps.append(np.sum([scoring.zero_shot_maps([level], workload.text_features.to(device), img_size)
-                                 .float().cpu().numpy() for level in seg], axis=0))
-    pixel_scores = scoring.fuse(torch.from_numpy(np.concatenate(zero_maps)), torch.from_numpy(np.concatenate(few_maps)))
-    image_scores = pixel_scores.flatten(1).amax(dim=1)
-    # The AUROCs are not returned: they are computed because the authors' test (and `evaluate`) does.
-    roc_auc_score(workload.test_labels.numpy(), image_scores.numpy())
-    roc_auc_score((workload.test_masks[:, 0] > 0.5).numpy().ravel(), pixel_scores.numpy().ravel())
-    return image_scores.numpy(), pixel_scores.numpy()
-
-
-# ----------------------------------------------------------------------------- one path, in its own process
-
-def memory_bank(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: argparse.Namespace,
-                device: torch.device) -> object:
-    """The memory bank from the augmented normal support images."""
-    if path == 'reference':
-        return reference_memory_bank(model, workload.normal, device)
-    return build_memory_bank(model, workload.normal, args.batch_size, device, args.precision)
-
-
 def test_loader(workload: Workload, batch_size: int) -> DataLoader:
     return DataLoader(TensorDataset(workload.test_images, workload.test_labels, workload.test_masks),
                       batch_size=batch_size)
 
 
-def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, bank: object, args: argparse.Namespace,
-                   device: torch.device, loader: Optional[DataLoader] = None) -> Scores:
-    """The few-shot test of the test set against `bank`; ours from `loader` if given (cached streams)."""
+def set_up_process(args: argparse.Namespace) -> Tuple[torch.device, str]:
+    """The device and resolved precision of a measuring process, with the process-wide settings a
+    run of the scripts has (`configure_backends`: CPU malloc reuse, no TF32 in fp32)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    configure_backends(device, precision)
+    return device, precision
+
+
+def load_model(path: str, args: argparse.Namespace, device: torch.device) -> MultiLevelAdaptedCLIP:
+    """The model as `path` runs it, with the same weights in every process (random ones come from
+    the seeded generator). The reference runs open_clip's own blocks on fp32 weights, every one of
+    them requiring grad as in the authors' scripts; ours fused attention at `--precision`."""
+    setup_seed(args.seed)
+    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
+    model = MultiLevelAdaptedCLIP(create_model(args.model_name, args.img_size, pretrained, 'cpu'),
+                                  args.features_list, fused_attention=path == 'ours').to(device)
     if path == 'reference':
-        return reference_evaluate(model, workload, bank, args.img_size, device)
-    loader = test_loader(workload, args.batch_size) if loader is None else loader
-    result = evaluate(model, loader, workload.text_features.to(device), True, args.img_size, device, args.precision,
-                      bank=bank, progress=False)
+        return model.requires_grad_(True)
+    return model.set_precision(resolve_precision(args.precision, device))
+
+
+# ----------------------------------------------------------------------------- the two paths
+
+def memory_bank(path: str, model: MultiLevelAdaptedCLIP, normal: Tensor, batch_size: int,
+                from_streams: bool = False) -> Bank:
+    """The memory bank from the augmented normal support images (ours also from their streams)."""
+    if path == 'reference':
+        return reference_memory_bank(model, normal)
+    return build_memory_bank(model, normal, batch_size, from_streams)
+
+
+def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, bank: Bank,
+                   loader: DataLoader) -> Scores:
+    """The few-shot test of the test set against `bank`; ours from `loader` (images or cached streams)."""
+    if path == 'reference':
+        return reference_evaluate(model, workload.test_images, workload.test_labels, workload.test_masks,
+                                  workload.text_features, bank)
+    result = evaluate(model, loader, workload.text_features.to(model.device), True, bank, progress=False)
     return result.image_scores, result.pixel_scores
 
 
-def epoch(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: argparse.Namespace,
-          device: torch.device) -> Dict[str, float]:
+def train_ours(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Tensor) -> Tuple[float, int]:
+    """One epoch of training steps from the streams, as train_few.py runs it; its losses read once."""
+    optimizers = AdapterOptimizers(model, PAPER.few_shot_learning_rate)
+    loss_fn = MVFALoss(model.img_size, model.config)
+    losses = EpochLosses()
+    for streams, masks, labels in loader:
+        losses.add(train_step(model, optimizers, loss_fn, streams, labels, masks, text_features, from_streams=True))
+    return losses.summary()
+
+
+def epoch(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, args: argparse.Namespace) -> Dict[str, float]:
     """Seconds of one few-shot epoch as train_few.py runs it, by part: training steps, memory bank, test.
 
-    Ours starts the training steps and the memory bank from the support images' `embed` streams,
+    Ours starts the training steps and the memory bank from the support images' `frozen_stream`s,
     which train_few.py computes once per run: `setup`, timed apart (the reference has none).
     """
+    device = model.device
     seconds: Dict[str, float] = {}
 
     def part(name: str, work: Callable[[], object]) -> object:
         result, seconds[name] = timed(device, work)
         return result
 
-    seg_optimizer, det_optimizer = adapter_optimizers(model, LEARNING_RATE)
-    loss_fn = MVFALoss(args.img_size)
     text_features = workload.text_features.to(device)
-    ours = path == 'ours'
-    inputs = (part('setup', lambda: embed_images(model, workload.train_images, args.batch_size, device,
-                                                 args.precision)) if ours
-              else workload.train_images)
-    part('train', lambda: [train_step(model, seg_optimizer, det_optimizer, loss_fn, images, labels, masks,
-                                      text_features, device, args.precision)
-                           for images, masks, labels in train_loader(inputs, workload, args.seed)])
-    # The augmented normal images close the training set.
-    bank = part('bank', lambda: build_memory_bank(model, inputs[len(inputs) - len(workload.normal):],
-                                                  args.batch_size, device, args.precision) if ours
-                else memory_bank(path, model, workload, args, device))
-    part('test', lambda: score_test_set(path, model, workload, bank, args, device))
+    if path == 'ours':
+        streams = part('setup', lambda: frozen_streams(model, workload.train_images, args.batch_size))
+        part('train', lambda: train_ours(model, train_loader(streams, workload, args.seed), text_features))
+        # The augmented normal images close the training set.
+        bank = part('bank', lambda: memory_bank(path, model, streams[len(streams) - len(workload.normal):],
+                                                args.batch_size, from_streams=True))
+    else:
+        part('train', lambda: reference_train(model, train_loader(workload.train_images, workload, args.seed),
+                                              text_features, PAPER.few_shot_learning_rate))
+        bank = part('bank', lambda: memory_bank(path, model, workload.normal, args.batch_size))
+    part('test', lambda: score_test_set(path, model, workload, bank, test_loader(workload, args.batch_size)))
     seconds['epoch'] = seconds['train'] + seconds['bank'] + seconds['test']
     return seconds
-
-
-@torch.inference_mode()
-def batched_throughput(forward: Callable[[Tensor], object], images: Tensor, batch_size: int,
-                       device: torch.device, precision: str) -> float:
-    """Images per second of `forward` over `images` in batches, after one batch of warm-up."""
-    batches = [batch.to(device) for batch in images.split(batch_size)]
-    with autocast(device, precision):
-        forward(batches[0])
-        _, seconds = timed(device, lambda: [forward(batch) for batch in batches])
-    return len(images) / seconds
 
 
 def encode_image(model: MultiLevelAdaptedCLIP, images: Tensor) -> Tensor:
     """CLIP's image embedding through the same blocks as MVFA's tokens, without adapters: open_clip's
     own forward is the same function, but under CPU autocast its attention copies the in-projection
     weights once per token position (ViT-L in bf16: 40 s for 8 images)."""
-    visual = model.image_encoder
-    return model.embedding(model.run_blocks(visual._embeds(images), 0, len(visual.transformer.resblocks)))
-
-
-PHASES = ('test', 'epoch')
+    depth = len(model.image_encoder.transformer.resblocks)
+    return model.pooled_embedding(model.run_blocks(model.input_stream(images), 0, depth))
 
 
 def measure(path: str, phase: str, args: argparse.Namespace) -> Dict:
     """Time `phase` of `path` ('reference' or 'ours') in a fresh process: 'test', the few-shot test
     (memory bank, then the test pass), or 'epoch'."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    args.precision = resolve_precision(args.precision, device)
+    device, precision = set_up_process(args)
     model = load_model(path, args, device)
-    if path == 'ours':
-        prepare_for_precision(model, args.precision)
     workload = make_workload(args, model.image_encoder.output_dim)
+    reference = path == 'reference'
     # The reference runs under autocast throughout, as the authors' loops did; ours autocasts inside.
-    with reference_style(device, args.precision) if path == 'reference' else contextlib.nullcontext():
-        if path == 'reference':
-            model.requires_grad_(True)  # what the authors' scripts did to every parameter
+    with reference_style(device, precision) if reference else contextlib.nullcontext():
         # Warm-up at the measured batch size: first-call allocations and kernel selection are not measured.
-        with torch.no_grad(), autocast(device, args.precision):
-            model.tokens(workload.test_images[:1 if path == 'reference' else args.batch_size].to(device))
+        forward = model if reference else model.adapter_tokens
+        with torch.no_grad(), model.autocast():
+            forward(workload.test_images[:1 if reference else args.batch_size].to(device))
         if phase == 'epoch':
-            seconds, peak_mib = peak_above_start(device, lambda: epoch(path, model, workload, args, device))
+            seconds, peak_mib = peak_above_start(device, lambda: epoch(path, model, workload, args))
             return {**{f'{name}_s': value for name, value in seconds.items()}, 'epoch_peak_mib': peak_mib}
 
-        def few_shot_test() -> Tuple[object, float, Scores, float]:
-            bank, bank_seconds = timed(device, lambda: memory_bank(path, model, workload, args, device))
-            scores, test_seconds = timed(device, lambda: score_test_set(path, model, workload, bank, args, device))
+        def few_shot_test() -> Tuple[Bank, float, Scores, float]:
+            bank, bank_seconds = timed(device, lambda: memory_bank(path, model, workload.normal, args.batch_size))
+            scores, test_seconds = timed(device, lambda: score_test_set(path, model, workload, bank,
+                                                                        test_loader(workload, args.batch_size)))
             return bank, bank_seconds, scores, test_seconds
 
         (bank, bank_seconds, scores, test_seconds), peak_mib = peak_above_start(device, few_shot_test)
     result = {'image_scores': scores[0], 'pixel_scores': scores[1], 'test_images_per_s': args.n_images / test_seconds,
               'memory_bank_s': bank_seconds, 'test_peak_mib': peak_mib}
-    if path == 'ours':
+    if not reference:
         # Model selection with --cache_streams scores the test set from its streams, cached once per run.
-        streams = cache_streams(model, test_loader(workload, args.batch_size), device, args.precision)
-        cached_scores, cached_seconds = timed(device, lambda: score_test_set(path, model, workload, bank, args, device,
-                                                                             streams))
+        streams = cache_streams(model, test_loader(workload, args.batch_size))
+        cached_scores, cached_seconds = timed(device, lambda: score_test_set(path, model, workload, bank, streams))
         result.update({'cached_image_scores': cached_scores[0], 'cached_pixel_scores': cached_scores[1],
                        'cached_test_images_per_s': args.n_images / cached_seconds})
-        result['encode_image_images_per_s'] = batched_throughput(lambda images: encode_image(model, images),
-                                                                 workload.test_images,
-                                                                 args.batch_size, device, args.precision)
-        result['tokens_images_per_s'] = batched_throughput(model.tokens, workload.test_images, args.batch_size, device,
-                                                           args.precision)
+        result['encode_image_images_per_s'] = batched_throughput(model, lambda images: encode_image(model, images),
+                                                                 workload.test_images, args.batch_size)
+        result['tokens_images_per_s'] = batched_throughput(model, model.adapter_tokens, workload.test_images,
+                                                           args.batch_size)
     return result
+
+
+def fresh_process_context() -> multiprocessing.context.BaseContext:
+    """Where each measuring process comes from: forked from a server that imported the heavy
+    libraries once (a fresh interpreter spends seconds on them) and has run nothing else, so no
+    thread pool, CUDA context or memory of a measurement is inherited; spawned where there is no
+    fork server (Windows). The preloads are installed libraries, found from any working folder."""
+    if 'forkserver' not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context('spawn')
+    context = multiprocessing.get_context('forkserver')
+    context.set_forkserver_preload(list(PRELOADED_LIBRARIES))
+    return context
 
 
 def in_fresh_processes(path: str, args: argparse.Namespace) -> Dict:
     """Every phase of `path`, each in a process of its own."""
     result = {}
     for phase in PHASES:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context('spawn')) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=fresh_process_context()) as pool:
             result.update(pool.submit(measure, path, phase, args).result())
     return result
 
@@ -453,7 +360,7 @@ def format_report(report: Dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
-    report = build_report(args, in_fresh_processes('reference', args), in_fresh_processes('ours', args))
+    report = build_report(args, *(in_fresh_processes(path, args) for path in PATHS))
     print(format_report(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')

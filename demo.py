@@ -22,10 +22,11 @@ import test_zero
 import train_few
 import train_zero
 from dataset import synthetic
-from dataset.bmad import OBJECTS
+from dataset.objects import OBJECTS
 from mvfa.checkpoint import save_adapters
-from mvfa.cli import Session, parser
-from mvfa.engine import Evaluation
+from mvfa.cli import parser
+from mvfa.session import Session
+from mvfa.evaluation import Evaluation
 
 # A 12-block CLIP with random weights: nothing to download, fast on a CPU.
 TINY_MODEL = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12']

@@ -1,8 +1,17 @@
-"""The segmentation losses of MVFA, as the authors define them."""
+"""MVFA's training loss, as the authors define it: focal and Dice on pixel maps, BCE on image scores.
+
+Change the loss here: `MVFALoss` is the whole loss of a batch, built from the parts above it.
+"""
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from mvfa import scoring
+from mvfa.config import PAPER, MVFAConfig
+from prompt import ABNORMAL_COLUMN
 
 
 class FocalLoss(nn.Module):
@@ -39,3 +48,28 @@ class BinaryDiceLoss(nn.Module):
         probs, target = probs.reshape(target.shape[0], -1), target.reshape(target.shape[0], -1)
         dice = (2 * (probs * target).sum(1) + self.smooth) / (probs.sum(1) + target.sum(1) + self.smooth)
         return 1 - dice.mean()
+
+
+class MVFALoss:
+    """MVFA's training loss of a batch, summed over the adapted levels.
+
+    det: BCE-with-logits of the mean abnormal probability (a probability fed as a logit: the
+    published models were trained so). seg (images with masks only): focal loss of the upsampled
+    state probabilities plus Dice of the abnormal one.
+    """
+
+    def __init__(self, img_size: int, config: MVFAConfig = PAPER) -> None:
+        self.img_size = img_size
+        self.config = config
+        self.focal, self.dice, self.bce = FocalLoss(), BinaryDiceLoss(), nn.BCEWithLogitsLoss()
+
+    def __call__(self, seg_tokens: Sequence[Tensor], det_tokens: Sequence[Tensor], text_features: Tensor,
+                 labels: Tensor, masks: Optional[Tensor]) -> Tensor:
+        loss = sum(self.bce(scoring.zero_shot_image_scores([t], text_features, self.config), labels)
+                   for t in det_tokens)
+        if masks is not None:
+            masks = (masks > 0.5).float()
+            for level_tokens in seg_tokens:
+                probs = scoring.zero_shot_level_probs(level_tokens, text_features, self.img_size, self.config)
+                loss = loss + self.focal(probs, masks) + self.dice(probs[:, ABNORMAL_COLUMN], masks)
+        return loss

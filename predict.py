@@ -37,11 +37,10 @@ import argparse
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -50,11 +49,12 @@ from tqdm import tqdm
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
-from mvfa.cli import add_model_arguments, build_model, pick_device, run
-from mvfa.engine import autocast, build_memory_bank, resolve_precision
-from mvfa.visualize import panel, to_uint8
-from prompt import encode_text_with_prompt_ensemble
-from utils import augment, setup_seed
+from mvfa.config import PAPER
+from mvfa.cli import add_model_arguments
+from mvfa.memory_bank import build_memory_bank
+from mvfa.session import Session, run
+from mvfa.visualize import to_uint8, write_panel
+from utils import augment
 
 # The fewest references that give a spread: the few-shot part of a reference is measured against the others.
 MIN_REFERENCES = 2
@@ -100,53 +100,48 @@ class Parts:
     few_map: Optional[Tensor] = None
 
 
-def reference_similarities(level_tokens: Tensor, banks: Sequence[Tensor]) -> Tensor:
-    """(B, 1 + L, C) tokens of one level, one bank per reference -> (k, B, L) nearest cosine similarity in each."""
-    patches = scoring.patch_tokens(level_tokens)
-    queries = patches.reshape(-1, patches.shape[-1])
-    return torch.stack([scoring.nearest_similarity(queries, bank) for bank in banks]).reshape(
-        len(banks), *patches.shape[:2])
+@dataclass
+class ReferenceBanks:
+    """Per level, one memory bank per reference image (its augmented copies), seg and det heads.
 
-
-def leave_one_out_maps(tokens: scoring.Tokens, banks: Sequence[Sequence[Tensor]], img_size: int,
-                       left_out: Optional[int]) -> Tensor:
-    """(B, S, S) few-shot maps against banks of k - 1 references, summed over levels.
-
-    `banks[level][j]` is reference j's bank. With `left_out` = i: the bank without reference i;
-    with None: the mean over the k banks that each leave one reference out.
+    A patch's distance is measured against banks of k - 1 references: with `left_out` = i the
+    bank without reference i; with None the mean over the k banks that each leave one out.
     """
-    maps = []
-    for level_tokens, level_banks in zip(tokens, banks):
-        similarity = reference_similarities(level_tokens, level_banks)
-        if left_out is not None:
-            similarity[left_out] = -math.inf
+    seg: List[List[Tensor]]
+    det: List[List[Tensor]]
+    left_out: Optional[int] = None
+
+    def leaving_out(self, reference: int) -> 'ReferenceBanks':
+        return replace(self, left_out=reference)
+
+    def patch_distances(self, head: str, level: int, patches: Tensor) -> Tensor:
+        """(B, L, C) patches -> (B, L): 1 - cosine similarity to the nearest token of k - 1 references."""
+        banks = getattr(self, head)[level]
+        queries = patches.reshape(-1, patches.shape[-1])
+        similarity = torch.stack([scoring.nearest_similarity(queries, bank) for bank in banks]).reshape(
+            len(banks), *patches.shape[:2])
+        if self.left_out is not None:
+            similarity[self.left_out] = -math.inf
             nearest = similarity.amax(dim=0)
         else:
             # k - 1 of the k banks hold the nearest reference; the one without it finds the second nearest.
             best, second = similarity.topk(2, dim=0).values
-            nearest = ((len(level_banks) - 1) * best + second) / len(level_banks)
-        maps.append(scoring.upsample((1.0 - nearest)[:, None], img_size)[:, 0])
-    return torch.stack(maps).sum(dim=0)
-
-
-@dataclass
-class ReferenceBanks:
-    """Per level, one memory bank per reference image (its augmented copies), seg and det heads."""
-    seg: List[List[Tensor]]
-    det: List[List[Tensor]]
+            nearest = ((len(banks) - 1) * best + second) / len(banks)
+        return 1.0 - nearest
 
 
 @torch.inference_mode()
-def score_parts(model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, banks: Optional[ReferenceBanks],
-                img_size: int, device: torch.device, precision: str, left_out: Optional[int] = None) -> Parts:
+def score_parts(model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor,
+                banks: Optional[ReferenceBanks]) -> Parts:
+    """The batch's det-head image scores and seg-head maps, averaged over levels."""
     levels = len(model.features)
-    with autocast(device, precision):
-        seg, det = model.tokens(images.to(device))
-        parts = Parts(zero=scoring.zero_shot_image_scores(det, text_features).float() / levels,
-                      zero_map=scoring.zero_shot_maps(seg, text_features, img_size).float() / levels)
-        if banks is not None:
-            parts.few = leave_one_out_maps(det, banks.det, img_size, left_out).flatten(1).mean(dim=1) / levels
-            parts.few_map = leave_one_out_maps(seg, banks.seg, img_size, left_out) / levels
+    with model.autocast():
+        seg, det = model.adapter_tokens(images.to(model.device))
+        scores = scoring.score_batch(seg, det, text_features, model.img_size, banks, image_scores=True,
+                                     map_head='seg', config=model.config)
+    parts = Parts(zero=scores.zero_image / levels, zero_map=scores.zero_map / levels)
+    if banks is not None:
+        parts.few, parts.few_map = scores.few_image / levels, scores.few_map / levels
     return parts
 
 
@@ -175,28 +170,27 @@ class Calibration:
     def score(self, parts: Parts) -> Tuple[Tensor, Tensor, Tensor]:
         """(fused, zero-shot, few-shot) standardised image scores."""
         zero, few = self.zero.standardise(parts.zero), self.few.standardise(parts.few)
-        return scoring.ZERO_SHOT_WEIGHT * zero + scoring.FEW_SHOT_WEIGHT * few, zero, few
+        return PAPER.zero_shot_weight * zero + PAPER.few_shot_weight * few, zero, few
 
     def heatmap(self, parts: Parts) -> Tensor:
-        fused = (scoring.ZERO_SHOT_WEIGHT * self.zero_map.standardise(parts.zero_map)
-                 + scoring.FEW_SHOT_WEIGHT * self.few_map.standardise(parts.few_map))
+        fused = (PAPER.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
+                 + PAPER.few_shot_weight * self.few_map.standardise(parts.few_map))
         return fused / HEATMAP_FULL_SCALE
 
 
 class Reference:
     """The memory banks of the augmented normal references and the calibration they give."""
 
-    def __init__(self, model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, img_size: int,
-                 batch_size: int, device: torch.device, precision: str) -> None:
+    def __init__(self, model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, batch_size: int) -> None:
         if len(images) < MIN_REFERENCES:
             raise DataError(f'--reference needs at least {MIN_REFERENCES} normal images to calibrate the '
                             f'few-shot score (leave-one-out), got {len(images)}')
         # One bank per reference, so each can be left out of the bank its own score is measured against.
-        banks = [build_memory_bank(model, augment(image[None])[0], batch_size, device, precision) for image in images]
+        banks = [build_memory_bank(model, augment(image[None])[0], batch_size) for image in images]
         self.banks = ReferenceBanks([list(level) for level in zip(*(b.seg for b in banks))],
                                     [list(level) for level in zip(*(b.det for b in banks))])
-        parts = [score_parts(model, images[i:i + 1], text_features, self.banks, img_size, device, precision,
-                             left_out=i) for i in tqdm(range(len(images)), desc='references', leave=False)]
+        parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
+                 for i in tqdm(range(len(images)), desc='references', leave=False)]
         self.calibration = Calibration(
             references=len(images),
             zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
@@ -218,8 +212,7 @@ def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
 
 def write_heatmap(path: Path, image: Tensor, heatmap: Tensor) -> None:
     """Input | JET overlay of `heatmap` (0 blue, 1 and above red), as visualize.py draws test heatmaps."""
-    rgb = to_uint8(image.permute(1, 2, 0).numpy())
-    cv2.imwrite(str(path), cv2.cvtColor(panel(rgb, heatmap.clamp(0, 1).numpy(), None), cv2.COLOR_RGB2BGR))
+    write_panel(path, to_uint8(image.permute(1, 2, 0).numpy()), heatmap.clamp(0, 1).numpy())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,27 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     """Score the inputs; returns the rows written to scores.csv / scores.json."""
     args = build_parser().parse_args(argv)
-    setup_seed(args.seed)
     inputs = find_images(args.inputs, 'input')
     references = find_images(args.reference, 'reference') if args.reference else None
-    device = pick_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    model = build_model(args, device, args.checkpoint)
-    with torch.inference_mode(), autocast(device, precision):
-        text_features = encode_text_with_prompt_ensemble(model.clipmodel, args.obj, device).float()
+    session = Session(args)
+    model = session.load_model(args.checkpoint)
+    text_features = session.text_features(args.obj)
     reference = None
     if references is not None:
         reference = Reference(model, torch.stack([load_image(p, args.img_size) for p in references]), text_features,
-                              args.img_size, args.batch_size, device, precision)
+                              args.batch_size)
 
     heatmaps = heatmap_paths(inputs, args.out / 'heatmaps')
     heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size,
-                        num_workers=4 if device.type == 'cuda' else 0)
+    loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     rows: List[Dict] = []
     for images in tqdm(loader, desc='predict'):
-        parts = score_parts(model, images, text_features, banks, args.img_size, device, precision)
+        parts = score_parts(model, images, text_features, banks)
         if reference is None:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:

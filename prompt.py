@@ -36,7 +36,7 @@ TEMPLATES: List[str] = [
     'this is the {} in the scene.', 'this is one {} in the scene.',
 ]
 # Columns of the text features: image scores read the abnormal one.
-NORMAL, ABNORMAL = 0, 1
+NORMAL_COLUMN, ABNORMAL_COLUMN = 0, 1
 
 
 def prompt_sentences(name: str) -> List[List[str]]:

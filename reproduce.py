@@ -21,9 +21,10 @@ import test_few
 import test_zero
 import train_few
 import train_zero
-from dataset.bmad import OBJECTS
+from dataset.objects import OBJECTS
 from mvfa.checkpoint import sidecar_path
-from mvfa.cli import run
+from mvfa.cli import add_model_arguments
+from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.selection import SELECTION_MODES
 
@@ -32,10 +33,10 @@ ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published num
 LEVELS = ('image', 'pixel')
 # Every metric of a results file that the summary averages over draws.
 METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap', 'pixel_aupro')
-# Flags handed to the scripts unchanged when given: (flag, which scripts take it).
+# Flags handed to the scripts unchanged: (flag, which scripts take it).
 PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
-                ('data_path', 'all'), ('device', 'all'), ('precision', 'all'), ('batch_size', 'all'),
-                ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+                ('quick_gelu', 'all'), ('data_path', 'all'), ('device', 'all'), ('precision', 'all'),
+                ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
 SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
                                   ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
 
@@ -70,7 +71,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help='few-shot draws: lines a-<i>/n-<i> of the seed lists')
     p.add_argument('--random_draws', type=int, default=None,
                    help='instead of --iterates: N seeded random draws (--iterate -1, --seed seed+i)')
-    p.add_argument('--seed', type=int, default=111, help='the scripts\' --seed; the first random draw\'s seed')
     p.add_argument('--selection', choices=SELECTION_MODES, default='test',
                    help="model selection of training (see train_few.py --help); 'test' as the paper. "
                         "With --skip_train the checkpoint's sidecar names it")
@@ -79,16 +79,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         '<k>shot_<draw>/<Obj>.pth, else <ckpt_dir>/few-shot/<Obj>.pth as the authors ship them)')
     p.add_argument('--results_dir', type=Path, default=Path('results'))
     p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt'))
-    p.add_argument('--model_name')
-    p.add_argument('--pretrain')
-    p.add_argument('--features_list', type=int, nargs='+')
-    p.add_argument('--img_size', type=int)
-    p.add_argument('--epoch', type=int)
-    p.add_argument('--batch_size', type=int)
-    p.add_argument('--data_path')
-    p.add_argument('--fewshot_seed_dir')
-    p.add_argument('--device')
-    p.add_argument('--precision')
+    add_model_arguments(p)
+    p.add_argument('--epoch', type=int, help="training epochs (default: the scripts' 50)")
+    p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
+    p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
+    p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
     args = p.parse_args(argv)
     if args.random_draws is not None and args.random_draws < 1:
         p.error('--random_draws must be at least 1')
@@ -124,7 +119,9 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
         takes_it = scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train)
-        if value is not None and takes_it:
+        if isinstance(value, bool):
+            argv += [f'--{flag}'] if value and takes_it else []
+        elif value is not None and takes_it:
             argv += [f'--{flag}'] + [str(v) for v in (value if isinstance(value, list) else [value])]
     return argv
 

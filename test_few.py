@@ -7,8 +7,11 @@ from torch.utils.data import DataLoader
 
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
-from mvfa.cli import Session, parser, results_record, run, write_results
-from mvfa.engine import Evaluation, build_memory_bank, evaluate
+from mvfa.cli import parser
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.memory_bank import build_memory_bank
+from mvfa.results import write_results
+from mvfa.session import Session, run
 from mvfa.visualize import save_evaluation_heatmaps
 from utils import augment
 
@@ -34,14 +37,13 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     model = session.load_model(session.checkpoint_path())
     text_features = session.text_features(args.obj)
     normal, _ = augment(data.fewshot_norm_img)
-    bank = build_memory_bank(model, normal, args.batch_size, session.device, session.precision)
+    bank = build_memory_bank(model, normal, args.batch_size)
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
-    evaluation = evaluate(model, loader, text_features, data.seg_flag, args.img_size, session.device,
-                          session.precision, bank, keep_maps=args.save_vis is not None)
+    evaluation = evaluate(model, loader, text_features, data.has_masks, bank, keep_maps=args.save_vis is not None)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
         save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
-    write_results(args.results, results_record(args, 'normal-only' if args.normal_only else 'few-shot', evaluation))
+    write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation)
     return evaluation
 
 

@@ -7,8 +7,10 @@ from torch.utils.data import DataLoader
 
 from dataset.medical_zero import MedTestDataset
 from dataset.validate import validate_object
-from mvfa.cli import Session, parser, results_record, run, write_results
-from mvfa.engine import Evaluation, evaluate
+from mvfa.cli import parser
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.results import write_results
+from mvfa.session import Session, run
 from mvfa.visualize import save_evaluation_heatmaps
 
 
@@ -20,12 +22,12 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
     model = session.load_model(session.checkpoint_path())
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
-    evaluation = evaluate(model, loader, session.text_features(args.obj), data.seg_flag, args.img_size,
-                          session.device, session.precision, keep_maps=args.save_vis is not None)
+    evaluation = evaluate(model, loader, session.text_features(args.obj), data.has_masks,
+                          keep_maps=args.save_vis is not None)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
         save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
-    write_results(args.results, results_record(args, 'zero-shot', evaluation))
+    write_results(args, 'zero-shot', evaluation)
     return evaluation
 
 

@@ -12,19 +12,22 @@ from typing import List, Optional
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset.bmad import has_masks
+from dataset.bmad import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
+from dataset.objects import has_masks
 from dataset.validate import validate_leave_one_out
-from mvfa.cli import Interrupted, Session, adapter_saver, finish_training, parser, report_epoch, run
-from mvfa.engine import Evaluation, MVFALoss, adapter_optimizers, cache_streams, evaluate, train_step
-from mvfa.selection import ModelSelection, ValidationSet
-
-EVALUATIONS_PER_EPOCH = 5
+from loss import MVFALoss
+from mvfa.cli import parser
+from mvfa.config import PAPER
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.selection import ModelSelection, selection_loader
+from mvfa.session import Interrupted, Session, finish_training, report_epoch, run
+from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
     args = parser(__doc__.splitlines()[0], obj='Retina_RESC', save_path='./ckpt/zero-shot/', few_shot=False,
-                  training=True, learning_rate=1e-4).parse_args(argv)
+                  training=True, learning_rate=PAPER.zero_shot_learning_rate).parse_args(argv)
     session = Session(args)
     validate_leave_one_out(args.data_path, args.obj, args.img_size)
     train_set = MedTrainDataset(args.data_path, args.obj, args.img_size)
@@ -33,37 +36,32 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     source_text = [session.text_features(source) for source in train_set.sources]
     target_text = session.text_features(args.obj)
     test_loader = DataLoader(test_set, batch_size=args.eval_batch_size, **session.loader_options())
-    selection_loader = test_loader  # `last` scores nothing during training
-    if args.selection == 'valid':
-        selection_loader = DataLoader(ValidationSet(args.data_path, args.obj, args.img_size),
-                                      batch_size=args.eval_batch_size, **session.loader_options())
-    if args.cache_streams and args.selection != 'last':
-        selection_loader = cache_streams(model, selection_loader, session.device, session.precision)
-    seg_optimizer, det_optimizer = adapter_optimizers(model, args.learning_rate)
-    loss_fn = MVFALoss(args.img_size)
+    scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
+        ValidationSet(args.data_path, args.obj, args.img_size), batch_size=args.eval_batch_size,
+        **session.loader_options())), args.cache_streams)
+    optimizers = AdapterOptimizers(model, args.learning_rate)
+    loss_fn = MVFALoss(args.img_size, model.config)
     shuffler = random.Random(args.seed)
 
     def score(loader: DataLoader) -> Evaluation:
-        return evaluate(model, loader, target_text, test_set.seg_flag, args.img_size, session.device,
-                        session.precision, progress=False)
+        return evaluate(model, loader, target_text, test_set.has_masks, progress=False)
 
     # '>=' as the authors: among equal scores the latest state is kept.
-    selection = ModelSelection(args.selection, keep_ties=True, save=adapter_saver(args, session, 'zero-shot'))
+    selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
     try:
         for epoch in range(args.epoch):
             batches = train_set.batches(args.batch_size, shuffler)
             loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
-            interval = max(1, len(batches) // EVALUATIONS_PER_EPOCH)
-            losses = []
+            interval = max(1, len(batches) // model.config.evaluations_per_epoch)
+            losses = EpochLosses()
             for step, (images, labels, masks, source) in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
                 if step % interval == 0 and selection.scores_during_training:
-                    evaluation = score(selection_loader)
+                    evaluation = score(scored_loader)
                     if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
                         print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
                 with_masks = has_masks(train_set.sources[source])
-                losses.append(train_step(model, seg_optimizer, det_optimizer, loss_fn, images, labels,
-                                         masks if with_masks else None, source_text[source], session.device,
-                                         session.precision))
+                losses.add(train_step(model, optimizers, loss_fn, images, labels, masks if with_masks else None,
+                                      source_text[source]))
             report_epoch(epoch, losses)
     except KeyboardInterrupt:
         raise Interrupted(selection, session.checkpoint_path()) from None

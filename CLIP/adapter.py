@@ -1,20 +1,26 @@
-"""MVFA's multi-level visual feature adapter around a frozen open_clip ViT image encoder."""
+"""MVFA's multi-level visual feature adapter around a frozen open_clip ViT image encoder.
+
+Change the adapter here: `ClipAdapter` is its layers, `residual_stream` how its output re-enters
+the frozen stream, `MultiLevelAdaptedCLIP.adapt` where the levels sit between the blocks.
+"""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+from typing import ContextManager, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 from open_clip.model import CLIP
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import Tensor, nn
 
-# After an adapted block the stream is 0.8 * x + 0.1 * seg + 0.1 * det (the authors' weights):
-# most of the frozen representation is kept so deeper CLIP blocks still see familiar input.
-RESIDUAL_KEEP = 0.8
-RESIDUAL_ADAPTER = 0.1
+from mvfa.config import PAPER, MVFAConfig
 
-Tokens = List[Tensor]
+# One tensor per adapted level, (B, 1 + L, embed_dim), class token first.
+LevelTokens = List[Tensor]
+# The precisions a model runs at, and the dtype fp16/bf16 autocast to.
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 class ClipAdapter(nn.Module):
@@ -25,16 +31,30 @@ class ClipAdapter(nn.Module):
         self.fc1 = nn.Sequential(nn.Linear(width, embed_dim, bias=False), nn.LeakyReLU())
         self.fc2 = nn.Sequential(nn.Linear(embed_dim, width, bias=False), nn.LeakyReLU())
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        hidden = self.fc1(x)
-        return hidden, self.fc2(hidden)
+    def forward(self, stream: Tensor, map_back: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+        """(tokens, their map back to the stream's width); `map_back=False` skips fc2 (None)."""
+        tokens = self.fc1(stream)
+        return tokens, (self.fc2(tokens) if map_back else None)
+
+
+def residual_stream(stream: Tensor, seg_back: Tensor, det_back: Tensor, config: MVFAConfig = PAPER) -> Tensor:
+    """The stream after an adapted level: keep * x + adapter * seg + adapter * det (0.8 / 0.1 / 0.1)."""
+    return config.residual_keep * stream + config.residual_adapter * seg_back + config.residual_adapter * det_back
+
+
+def check_plain_vit(visual: nn.Module) -> None:
+    """MVFA reads the token stream of a plain CLIP ViT: class token, no attention pooling."""
+    if not (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == 'tok'
+            and not visual.final_ln_after_pool):
+        raise ValueError(f'{type(visual).__name__} is not a plain CLIP ViT image tower (class-token pooling, '
+                         f'no attention pooling): MVFA adapts the token stream of one')
 
 
 def fuses_attention(block: nn.Module) -> bool:
     """Whether `fused_block` computes what `block` does: open_clip's plain self-attention block."""
     attention = getattr(block, 'attn', None)
     return (type(block) is ResidualAttentionBlock and isinstance(attention, nn.MultiheadAttention)
-            and attention.batch_first and attention._qkv_same_embed_dim and attention.bias_k is None
+            and attention.batch_first and attention.in_proj_weight is not None and attention.bias_k is None
             and not hasattr(block, 'ln_1_kv'))
 
 
@@ -57,16 +77,20 @@ def fused_block(block: ResidualAttentionBlock, x: Tensor) -> Tensor:
 class MultiLevelAdaptedCLIP(nn.Module):
     """A frozen CLIP image encoder with a seg and a det adapter after each block in `features`.
 
-    `features` are 1-based block indices, increasing. `forward(images)` returns
-    `(pooled, seg_tokens, det_tokens)`: the tokens are one `(B, 1 + L, embed_dim)` tensor per
-    level, class token first. `seg_adapters` / `det_adapters` hold the only trainable weights and
-    their state dicts are the authors' checkpoint format. With `fused_attention` (the default) the
-    blocks run through `fused_block`; False runs open_clip's own block forward.
+    `features` are 1-based block indices, increasing. The model carries where and how it runs:
+    `device` (that of its adapters), `precision` ('fp32', or 'fp16'/'bf16' autocast, set with
+    `set_precision`) and `img_size`. `forward(images)` returns `(pooled, seg_tokens, det_tokens)`,
+    the tokens one `(B, 1 + L, embed_dim)` tensor per level, class token first.
+    `seg_adapters` / `det_adapters` hold the only trainable weights; their state dicts are the
+    authors' checkpoint format. With `fused_attention` (the default) the blocks run through
+    `fused_block`; False runs open_clip's own block forward.
     """
 
-    def __init__(self, clip_model: CLIP, features: Sequence[int], fused_attention: bool = True) -> None:
+    def __init__(self, clip_model: CLIP, features: Sequence[int], fused_attention: bool = True,
+                 config: MVFAConfig = PAPER) -> None:
         super().__init__()
         visual = clip_model.visual
+        check_plain_vit(visual)
         depth = len(visual.transformer.resblocks)
         features = [int(level) for level in features]
         if not features or features != sorted(set(features)) or not 1 <= features[0] <= features[-1] <= depth:
@@ -76,11 +100,21 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.clipmodel = clip_model
         self.image_encoder = visual
         self.features = features
+        self.config = config
+        self.precision = 'fp32'
         self.fused_attention = fused_attention and all(map(fuses_attention, visual.transformer.resblocks))
         width, embed_dim = visual.conv1.out_channels, visual.output_dim
         self.seg_adapters = nn.ModuleList(ClipAdapter(width, embed_dim) for _ in features)
         self.det_adapters = nn.ModuleList(ClipAdapter(width, embed_dim) for _ in features)
         self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.seg_adapters[0].fc1[0].weight.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.image_size[0]
 
     def train(self, mode: bool = True) -> 'MultiLevelAdaptedCLIP':
         """The frozen encoder stays in eval mode, in training too, as in the authors' code."""
@@ -88,17 +122,31 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.image_encoder.eval()
         return self
 
-    def cast_frozen_weights(self, dtype: torch.dtype) -> None:
-        """Store the frozen image encoder's matrix weights (linear, attention and convolution layers)
-        in `dtype`, for a model that only ever runs under autocast to `dtype`.
+    def set_precision(self, precision: str) -> 'MultiLevelAdaptedCLIP':
+        """Run under fp16/bf16 autocast, or in fp32.
 
-        Autocast casts them to `dtype` at every call anyway (it keeps casts only of weights that
-        require grad), so every number stays the same, bit for bit; what goes is a pass over 300 M
-        weights per forward (ViT-L in bf16 on a CPU: 15 % of the time) and half their memory.
+        In fp16/bf16 the frozen matrix weights (linear, attention and convolution layers) are
+        stored in that dtype: autocast casts them at every call anyway (it keeps casts only of
+        weights that require grad), so every number stays the same, bit for bit; what goes is a
+        pass over 300 M weights per forward (ViT-L in bf16 on a CPU: 15 % of the time) and half
+        their memory. A model set to fp16/bf16 cannot go back to fp32.
         """
-        for module in self.image_encoder.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
-                module.to(dtype)
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+        if self.precision in AUTOCAST_DTYPES and precision != self.precision:
+            raise ValueError(f'the frozen weights are stored in {self.precision}: build the model again')
+        if precision in AUTOCAST_DTYPES:
+            for module in self.image_encoder.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+                    module.to(AUTOCAST_DTYPES[precision])
+        self.precision = precision
+        return self
+
+    def autocast(self) -> ContextManager:
+        """fp16/bf16 autocast on the model's device where its precision asks for it."""
+        if self.precision == 'fp32':
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def run_blocks(self, stream: Tensor, start: int, stop: int) -> Tensor:
         """The stream through blocks start..stop - 1 (0-based)."""
@@ -106,49 +154,60 @@ class MultiLevelAdaptedCLIP(nn.Module):
             stream = fused_block(block, stream) if self.fused_attention else block(stream)
         return stream
 
-    def embed(self, images: Tensor) -> Tensor:
+    def input_stream(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) images -> (B, 1 + L, width) tokens entering the first block: patch embedding,
+        class token, positional embedding and the pre-norm of open_clip's ViT."""
+        visual = self.image_encoder
+        patches = visual.conv1(images).flatten(2).transpose(1, 2)
+        class_token = visual.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        stream = torch.cat([class_token, patches], dim=1) + visual.positional_embedding.to(patches.dtype)
+        return visual.ln_pre(visual.patch_dropout(stream))
+
+    def frozen_stream(self, images: Tensor) -> Tensor:
         """The stream the first adapters read: the output of the first adapted block.
 
-        No trainable weight acts before it, so this can be computed once and cached.
+        No trainable weight acts before it, so it can be computed once and cached.
         """
-        return self.run_blocks(self.image_encoder._embeds(images), 0, self.features[0])
+        return self.run_blocks(self.input_stream(images), 0, self.features[0])
 
-    def adapt(self, stream: Tensor, last_stream: bool = True) -> Tuple[Optional[Tensor], Tokens, Tokens]:
-        """Adapters and the blocks between them, on a stream from `embed`.
+    def adapt(self, stream: Tensor, last_stream: bool = True) -> Tuple[Optional[Tensor], LevelTokens, LevelTokens]:
+        """Adapters and the blocks between them, on a `frozen_stream`.
 
         Returns the stream after the last level, or with `last_stream=False` None, sparing the
         last level's fc2 layers, which only that stream reads.
         """
         seg_tokens, det_tokens = [], []
+        last_level = len(self.features) - 1
         for level, (seg_adapter, det_adapter) in enumerate(zip(self.seg_adapters, self.det_adapters)):
             if level > 0:
                 stream = self.run_blocks(stream, self.features[level - 1], self.features[level])
-            seg_hidden, det_hidden = seg_adapter.fc1(stream), det_adapter.fc1(stream)
-            seg_tokens.append(seg_hidden)
-            det_tokens.append(det_hidden)
-            if last_stream or level < len(self.features) - 1:
-                stream = (RESIDUAL_KEEP * stream + RESIDUAL_ADAPTER * seg_adapter.fc2(seg_hidden)
-                          + RESIDUAL_ADAPTER * det_adapter.fc2(det_hidden))
+            map_back = last_stream or level < last_level
+            seg, seg_back = seg_adapter(stream, map_back)
+            det, det_back = det_adapter(stream, map_back)
+            seg_tokens.append(seg)
+            det_tokens.append(det)
+            if map_back:
+                stream = residual_stream(stream, seg_back, det_back, self.config)
         return (stream if last_stream else None), seg_tokens, det_tokens
 
-    def tokens(self, inputs: Tensor) -> Tuple[Tokens, Tokens]:
-        """Seg and det tokens of every level, without running what no level reads.
+    def adapter_tokens(self, images: Tensor) -> Tuple[LevelTokens, LevelTokens]:
+        """Seg and det tokens of every level of (B, 3, H, W) images, without running what no level reads."""
+        return self.adapter_tokens_from_stream(self.frozen_stream(images))
 
-        `inputs` are images (B, 3, H, W) or, to skip the frozen blocks, their `embed` stream
-        (B, 1 + L, width).
-        """
-        stream = inputs if inputs.dim() == 3 else self.embed(inputs)
+    def adapter_tokens_from_stream(self, stream: Tensor) -> Tuple[LevelTokens, LevelTokens]:
+        """Seg and det tokens of every level from a cached `frozen_stream` (B, 1 + L, width)."""
         _, seg_tokens, det_tokens = self.adapt(stream, last_stream=False)
         return seg_tokens, det_tokens
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tokens, Tokens]:
-        stream, seg_tokens, det_tokens = self.adapt(self.embed(images))
+    def forward(self, images: Tensor) -> Tuple[Tensor, LevelTokens, LevelTokens]:
+        stream, seg_tokens, det_tokens = self.adapt(self.frozen_stream(images))
         stream = self.run_blocks(stream, self.features[-1], len(self.image_encoder.transformer.resblocks))
-        return self.embedding(stream), seg_tokens, det_tokens
+        return self.pooled_embedding(stream), seg_tokens, det_tokens
 
-    def embedding(self, stream: Tensor) -> Tensor:
-        """CLIP's pooled, projected image embedding of the stream after the last block."""
-        pooled, _ = self.image_encoder._pool(stream)
+    def pooled_embedding(self, stream: Tensor) -> Tensor:
+        """CLIP's image embedding of the stream after the last block: the class token, normalised
+        by `ln_post` and projected (a plain ViT, see `check_plain_vit`)."""
+        pooled = self.image_encoder.ln_post(stream[:, 0])
         return pooled if self.image_encoder.proj is None else pooled @ self.image_encoder.proj
 
 

@@ -6,7 +6,7 @@ segmentation objects in `.../Ungood/anomaly_mask/` under the same file names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,21 +15,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-OBJECTS = ('Brain', 'Liver', 'Retina_RESC', 'Retina_OCT2017', 'Chest', 'Histopathology')
-# Objects whose abnormal images come with pixel masks (the others are image-level only).
-SEGMENTATION_OBJECTS = ('Brain', 'Liver', 'Retina_RESC')
+from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
+
 IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
-NORMAL, ABNORMAL = 'good', 'Ungood'
 # PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
 HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
 
 
 class DataError(ValueError):
     """The data set is not as MVFA expects; the message names the problem and the fix."""
-
-
-def has_masks(obj: str) -> bool:
-    return obj in SEGMENTATION_OBJECTS
 
 
 def check_object(obj: str) -> str:
@@ -118,13 +112,14 @@ class MedTestDataset(Dataset):
         self.class_name = class_name
         self.root = object_root(dataset_path, class_name)
         self.resize = resize
-        self.seg_flag = has_masks(class_name)
-        self.images, self.labels, self.masks = self._list_split('test')
+        self.has_masks = has_masks(class_name)
+        self.images, self.labels, self.masks = self.list_split('test')
 
-    def _list_split(self, split: str) -> Tuple[List[Path], List[int], List[Optional[Path]]]:
-        normal = list_images(self.root / split / NORMAL / 'img')
-        abnormal = list_images(self.root / split / ABNORMAL / 'img')
-        masks = [mask_path(p) if self.seg_flag else None for p in abnormal]
+    def list_split(self, split: str) -> Tuple[List[Path], List[int], List[Optional[Path]]]:
+        """Image files, labels and mask files (None: no mask) of a split, normal images first."""
+        normal = list_images(self.root / split / NORMAL_FOLDER / 'img')
+        abnormal = list_images(self.root / split / ABNORMAL_FOLDER / 'img')
+        masks = [mask_path(p) if self.has_masks else None for p in abnormal]
         return normal + abnormal, [0] * len(normal) + [1] * len(abnormal), [None] * len(normal) + masks
 
     def __len__(self) -> int:
@@ -135,3 +130,17 @@ class MedTestDataset(Dataset):
         mask_file = self.masks[index]
         mask = load_mask(mask_file, self.resize) if mask_file else torch.zeros(1, self.resize, self.resize)
         return image, self.labels[index], mask
+
+
+class ValidationSet(MedTestDataset):
+    """The `valid/` split of an object minus the given support images; items as MedTestDataset."""
+
+    def __init__(self, dataset_path: str | Path, class_name: str, resize: int, support: Sequence[Path] = ()) -> None:
+        super().__init__(dataset_path, class_name, resize)
+        excluded = {Path(path).resolve() for path in support}
+        kept = [item for item in zip(*self.list_split('valid')) if item[0].resolve() not in excluded]
+        labels = {label for _, label, _ in kept}
+        if labels != {0, 1}:
+            raise DataError(f'{self.root / "valid"} has no normal or no abnormal image left besides the '
+                            f'support images: --selection valid needs both; use --selection last or test')
+        self.images, self.labels, self.masks = (list(column) for column in zip(*kept))

@@ -9,8 +9,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .bmad import (ABNORMAL, NORMAL, DataError, MedTestDataset, list_images, load_image, load_mask,
-                   mask_path)
+from .bmad import DataError, MedTestDataset, list_images, load_image, load_mask, mask_path
+from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER
 
 DEFAULT_SEED_DIR = Path(__file__).resolve().parent / 'fewshot_seed'
 
@@ -28,6 +28,26 @@ def read_seed_list(path: Path, kind: str, iterate: int) -> List[str]:
             if fields and fields[0] == tag:
                 return fields[1:]
     raise DataError(f"{path} has no line '{tag}': pick an --iterate that the file lists")
+
+
+def listed_support(folder: Path, shot: int, iterate: int, seed_list: Path, label: str) -> Optional[List[Path]]:
+    """The `shot` support images of `folder` that the seed list names on its line for `label` and
+    `iterate`, checked to exist; None when they are drawn at random instead (`iterate` < 0 or no list)."""
+    if iterate < 0 or not seed_list.is_file():
+        return None
+    kind = 'n' if label == NORMAL_FOLDER else 'a'
+    chosen = [folder / name for name in read_seed_list(seed_list, kind, iterate)[:shot]]
+    missing = [path.name for path in chosen if not path.is_file()]
+    if missing:
+        raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {folder}: '
+                        f'{", ".join(missing)}; fix the list or pass --fewshot_seed_dir')
+    check_support_size(len(chosen), shot, f'{seed_list} line {kind}-{iterate}')
+    return chosen
+
+
+def check_support_size(found: int, shot: int, source: str) -> None:
+    if found < shot:
+        raise DataError(f'--shot {shot} needs {shot} support images, {source} has {found}: use a smaller --shot')
 
 
 class MedDataset(MedTestDataset):
@@ -57,29 +77,22 @@ class MedDataset(MedTestDataset):
         # The files drawn, so that model selection on valid/ can leave them out.
         self.support_images: List[Path] = []
         # Normal images are drawn first, as in the authors' code, so seeded draws match theirs.
-        self.fewshot_norm_img, _ = self._support(NORMAL, 'n')
+        self.fewshot_norm_img, _ = self._support(NORMAL_FOLDER)
         self.fewshot_abnorm_img, self.fewshot_abnorm_mask = (
-            (None, None) if normal_only else self._support(ABNORMAL, 'a'))
+            (None, None) if normal_only else self._support(ABNORMAL_FOLDER))
 
-    def _pick(self, folder: Path, kind: str) -> List[Path]:
-        available = list_images(folder)
-        if self.iterate >= 0 and self.seed_list.is_file():
-            names = read_seed_list(self.seed_list, kind, self.iterate)[:self.shot]
-            chosen = [folder / name for name in names]
-            missing = [str(p) for p in chosen if not p.is_file()]
-            if missing:
-                raise DataError(f'{self.seed_list} names images that do not exist: {", ".join(missing)}')
-        else:
-            chosen = random.sample(available, min(self.shot, len(available)))
-        if len(chosen) < self.shot:
-            raise DataError(f'--shot {self.shot} needs {self.shot} support images in {folder}, '
-                            f'found {len(chosen)}: use a smaller --shot')
+    def _pick(self, folder: Path, label: str) -> List[Path]:
+        chosen = listed_support(folder, self.shot, self.iterate, self.seed_list, label)
+        if chosen is None:
+            available = list_images(folder)
+            check_support_size(len(available), self.shot, str(folder))
+            chosen = random.sample(available, self.shot)
         return chosen
 
-    def _support(self, label: str, kind: str) -> Tuple[Tensor, Optional[Tensor]]:
-        chosen = self._pick(self.root / 'valid' / label / 'img', kind)
+    def _support(self, label: str) -> Tuple[Tensor, Optional[Tensor]]:
+        chosen = self._pick(self.root / 'valid' / label / 'img', label)
         self.support_images += chosen
         images = torch.stack([load_image(p, self.resize) for p in chosen])
-        if label == NORMAL or not self.seg_flag:
+        if label == NORMAL_FOLDER or not self.has_masks:
             return images, None
         return images, torch.stack([load_mask(mask_path(p), self.resize) for p in chosen])

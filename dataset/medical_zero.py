@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .bmad import OBJECTS, MedTestDataset, check_object
+from .bmad import MedTestDataset, check_object
+from .objects import OBJECTS
 
 __all__ = ['MedTestDataset', 'MedTrainDataset']
 

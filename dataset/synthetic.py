@@ -19,11 +19,10 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
-# Kept in step with dataset/bmad.py; not imported from there so that generating data needs no torch.
-OBJECTS = ('Brain', 'Liver', 'Retina_RESC', 'Retina_OCT2017', 'Chest', 'Histopathology')
-SEGMENTATION_OBJECTS = ('Brain', 'Liver', 'Retina_RESC')
+from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
+
 SPLITS = ('valid', 'test')
-CLASSES = ('good', 'Ungood')
+CLASSES = (NORMAL_FOLDER, ABNORMAL_FOLDER)
 # File-name prefixes: unique per split and class, so names never clash across folders.
 PREFIX = {('valid', 'good'): 'vg', ('valid', 'Ungood'): 'vU', ('test', 'good'): 'tg', ('test', 'Ungood'): 'tU'}
 
@@ -270,7 +269,7 @@ def _write_class(root: Path, obj: str, split: str, cls: str, count: int, seed: i
     img_dir = root / split / cls / 'img'
     img_dir.mkdir(parents=True, exist_ok=True)
     mask_dir = root / split / cls / 'anomaly_mask'
-    if cls == 'Ungood' and obj in SEGMENTATION_OBJECTS:
+    if cls == ABNORMAL_FOLDER and has_masks(obj):
         mask_dir.mkdir(exist_ok=True)
     names = [image_name(split, cls, i) for i in range(count)]
     for i, name in enumerate(names):

@@ -13,8 +13,9 @@ from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .bmad import ABNORMAL, NORMAL, OBJECTS, DataError, has_masks, list_images, mask_path, object_root, read_image
-from .medical_few import DEFAULT_SEED_DIR, read_seed_list, seed_list_path
+from .bmad import DataError, list_images, mask_path, object_root, read_image
+from .medical_few import DEFAULT_SEED_DIR, check_support_size, listed_support, seed_list_path
+from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
 
 # Above this many files a progress bar shows that the check is working (BrainMRI has 3715 test images).
 PROGRESS_FROM = 200
@@ -34,7 +35,7 @@ def _check_pair(pair: ImageAndMask) -> None:
 
 
 def _split_files(root: Path, split: str, with_masks: bool, labels: Sequence[str]) -> List[ImageAndMask]:
-    return [(p, mask_path(p) if with_masks and label == ABNORMAL else None)
+    return [(p, mask_path(p) if with_masks and label == ABNORMAL_FOLDER else None)
             for label in labels for p in list_images(root / split / label / 'img')]
 
 
@@ -45,21 +46,9 @@ def _check_support(root: Path, obj: str, shot: int, iterate: Optional[int], seed
         raise DataError(f'--shot must be a positive integer, got {shot}')
     seed_list = seed_list_path(seed_dir, obj, shot)
     for label in labels:
-        kind = 'n' if label == NORMAL else 'a'
         folder = root / 'valid' / label / 'img'
-        if iterate is not None and iterate >= 0 and seed_list.is_file():
-            names = read_seed_list(seed_list, kind, iterate)[:shot]
-            missing = [name for name in names if not (folder / name).is_file()]
-            if missing:
-                raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {folder}: '
-                                f'{", ".join(missing)}; fix the list or pass --fewshot_seed_dir')
-            source = f'{seed_list} line {kind}-{iterate}'
-        else:
-            names = list_images(folder)
-            source = str(folder)
-        if len(names) < shot:
-            raise DataError(f'--shot {shot} needs {shot} {label} support images, {source} has {len(names)}: '
-                            f'use a smaller --shot')
+        if listed_support(folder, shot, -1 if iterate is None else iterate, seed_list, label) is None:
+            check_support_size(len(list_images(folder)), shot, str(folder))
 
 
 def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = None, shot: Optional[int] = None,
@@ -75,9 +64,9 @@ def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = N
         raise DataError(f'--img_size must be a positive integer, got {img_size}')
     root = object_root(data_path, obj)
     splits = splits or (('valid', 'test') if shot is not None else ('test',))
-    support_labels = (NORMAL,) if normal_only else (NORMAL, ABNORMAL)
+    support_labels = (NORMAL_FOLDER,) if normal_only else (NORMAL_FOLDER, ABNORMAL_FOLDER)
     files = [pair for split in splits for pair in _split_files(
-        root, split, has_masks(obj), support_labels if split == 'valid' else (NORMAL, ABNORMAL))]
+        root, split, has_masks(obj), support_labels if split == 'valid' else (NORMAL_FOLDER, ABNORMAL_FOLDER))]
     if shot is not None:
         _check_support(root, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
     # Decoding is mostly outside the GIL, so threads help; map keeps the files' order for the first error,

@@ -12,16 +12,17 @@ import argparse
 import dataclasses
 import random
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
-from mvfa.cli import flag_values
-from mvfa.engine import Evaluation
+from mvfa.evaluation import Evaluation
+from mvfa.results import flag_values
 from mvfa.selection import ModelSelection
+from mvfa.training import AdapterOptimizers
 
 # Per-pixel arrays of an evaluation, left out of the resume state for their size.
 PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
@@ -71,18 +72,18 @@ def _restore_rng_states(states: Dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
-def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Sequence[torch.optim.Optimizer],
+def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
                       epoch: int, selection: ModelSelection, args: argparse.Namespace) -> None:
     """Record the state after `epoch` (finished); never leaves a half-written file."""
     state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
-    state.update(epoch=epoch, optimizers=[optimizer.state_dict() for optimizer in optimizers],
+    state.update(epoch=epoch, optimizers=optimizers.state_dicts(),
                  selection={'evaluation': _evaluation_to_tensors(selection.evaluation), 'step': selection.step,
                             'state': selection.state},
                  rng=_rng_states(), flags=_training_flags(args))
     atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
-def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Sequence[torch.optim.Optimizer],
+def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
                       selection: ModelSelection, args: argparse.Namespace) -> int:
     """Restore the state of `path` into the model, optimizers, selection and generators; the next epoch.
 
@@ -101,8 +102,7 @@ def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Sequ
             raise CheckpointError(f'{path} was made with --{key} {state["flags"].get(key)}, this run has {value}: '
                                   f'rerun with the same flags, or delete it to start afresh')
     load_adapters(model, path, {key: state[key] for key in ADAPTER_KEYS})
-    for optimizer, optimizer_state in zip(optimizers, state['optimizers']):
-        optimizer.load_state_dict(optimizer_state)
+    optimizers.load_state_dicts(state['optimizers'])
     selection.evaluation = _evaluation_from_tensors(state['selection']['evaluation'])
     selection.step, selection.state = state['selection']['step'], state['selection']['state']
     _restore_rng_states(state['rng'])

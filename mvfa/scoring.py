@@ -1,28 +1,39 @@
 """Anomaly scores from adapter tokens: the zero-shot text head, the few-shot memory bank, fusion.
 
-Every function takes the per-level token lists of `MultiLevelAdaptedCLIP` (class token first)
-and is batched over images. Scores of one image do not depend on the rest of its batch.
+Change the scoring here. `score_batch` turns one batch of adapter tokens (and a memory bank,
+when there is one) into image scores and anomaly maps; test scripts, model selection,
+`predict.py` and `bench.py` all score through it. The functions it is built from are pure,
+batched over images and computed on the tokens' device, without reading anything back to the
+host: a score of one image does not depend on the rest of its batch.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prompt import ABNORMAL
+from mvfa.config import PAPER, MVFAConfig
+from prompt import ABNORMAL_COLUMN, NORMAL_COLUMN
 
-# CLIP's learned logit scale, rounded and fixed by the authors.
-LOGIT_SCALE = 100.0
-# Elements of one (patches x bank) similarity block: bounds the memory of the nearest-neighbour search
-# (16 MiB in fp32, as fast on a CPU as the whole product at once, and kinder to its caches).
-SIMILARITY_BLOCK = 1 << 22
-# Fusion weights of the zero-shot (text) and few-shot (memory bank) scores.
-ZERO_SHOT_WEIGHT = FEW_SHOT_WEIGHT = 0.5
+# Elements of one (patches x bank) similarity block: bounds the memory of the nearest-neighbour
+# search. On a CPU 16 MiB in fp32 is as fast as the whole product and kinder to its caches; a GPU
+# wants few large products (256 MiB).
+CPU_SIMILARITY_BLOCK = 1 << 22
+ACCELERATOR_SIMILARITY_BLOCK = 1 << 26
+HEADS = ('seg', 'det')
 
 Tokens = Sequence[Tensor]
+
+
+class PatchDistances(Protocol):
+    """A memory bank: how far each patch of a batch is from the normal images it holds."""
+
+    def patch_distances(self, head: str, level: int, patches: Tensor) -> Tensor:
+        """(B, L, C) patch tokens of `head` at `level` -> (B, L) distances (0: a normal patch)."""
 
 
 def patch_tokens(level_tokens: Tensor) -> Tensor:
@@ -44,41 +55,41 @@ def upsample(patch_maps: Tensor, img_size: int) -> Tensor:
     return F.interpolate(grid, size=img_size, mode='bilinear', align_corners=True)
 
 
-def text_logits(tokens: Tensor, text_features: Tensor) -> Tensor:
+def text_logits(tokens: Tensor, text_features: Tensor, config: MVFAConfig = PAPER) -> Tensor:
     """(B, L, C) patch tokens, (C, 2) text features -> (B, L, 2) scaled cosine logits."""
     tokens = tokens / tokens.norm(dim=-1, keepdim=True)
-    return LOGIT_SCALE * tokens @ text_features.to(tokens.dtype)
+    return config.logit_scale * tokens @ text_features.to(tokens.dtype)
 
 
-def zero_shot_image_scores(det_tokens: Tokens, text_features: Tensor) -> Tensor:
+def zero_shot_image_scores(det_tokens: Tokens, text_features: Tensor, config: MVFAConfig = PAPER) -> Tensor:
     """(B,) image scores: mean abnormal probability over patches, summed over levels."""
-    per_level = [text_logits(patch_tokens(t), text_features).softmax(dim=-1)[..., ABNORMAL].mean(dim=-1)
-                 for t in det_tokens]
+    per_level = [text_logits(patch_tokens(t), text_features, config).softmax(dim=-1)[..., ABNORMAL_COLUMN]
+                 .mean(dim=-1) for t in det_tokens]
     return torch.stack(per_level).sum(dim=0)
 
 
-def zero_shot_level_probs(level_tokens: Tensor, text_features: Tensor, img_size: int) -> Tensor:
+def zero_shot_level_probs(level_tokens: Tensor, text_features: Tensor, img_size: int,
+                          config: MVFAConfig = PAPER) -> Tensor:
     """(B, 2, S, S) state probabilities of one level: logits upsampled first, then softmax."""
-    logits = text_logits(patch_tokens(level_tokens), text_features).transpose(1, 2)
+    logits = text_logits(patch_tokens(level_tokens), text_features, config).transpose(1, 2)
     return upsample(logits, img_size).softmax(dim=1)
 
 
-def zero_shot_maps(seg_tokens: Tokens, text_features: Tensor, img_size: int) -> Tensor:
+def zero_shot_maps(tokens: Tokens, text_features: Tensor, img_size: int, config: MVFAConfig = PAPER) -> Tensor:
     """(B, S, S) anomaly maps: abnormal probability per pixel, summed over levels.
 
     The abnormal softmax probability of two states is the sigmoid of their logit difference,
-    and upsampling is linear, so one channel is upsampled instead of two (what
-    `zero_shot_level_probs` computes, to float precision).
+    and upsampling is linear, so one channel per level is upsampled (what
+    `zero_shot_level_probs` computes, to float precision), all levels in one call.
     """
-    maps = []
-    for level_tokens in seg_tokens:
-        logits = text_logits(patch_tokens(level_tokens), text_features)
-        margin = (logits[..., ABNORMAL] - logits[..., 1 - ABNORMAL]).unsqueeze(1)
-        maps.append(upsample(margin, img_size)[:, 0].sigmoid())
-    return torch.stack(maps).sum(dim=0)
+    margins = []
+    for level_tokens in tokens:
+        logits = text_logits(patch_tokens(level_tokens), text_features, config)
+        margins.append(logits[..., ABNORMAL_COLUMN] - logits[..., NORMAL_COLUMN])
+    return upsample(torch.stack(margins, dim=1), img_size).sigmoid().sum(dim=1)
 
 
-def memory_bank(tokens: List[Tensor]) -> Tensor:
+def normalised_bank(tokens: List[Tensor]) -> Tensor:
     """One level's bank (N, C) from a list of (B, 1 + L, C) normal-image tokens, class tokens
     included as in the authors' code, L2-normalised once for the cosine search."""
     bank = torch.cat([t.reshape(-1, t.shape[-1]) for t in tokens])
@@ -86,39 +97,76 @@ def memory_bank(tokens: List[Tensor]) -> Tensor:
 
 
 def nearest_similarity(queries: Tensor, bank: Tensor) -> Tensor:
-    """(Q, C) queries, (N, C) normalised bank -> (Q,) max cosine similarity, in bank blocks."""
+    """(Q, C) queries, (N, C) normalised bank -> (Q,) max cosine similarity, one matrix product per
+    block of the bank."""
     queries = F.normalize(queries.float(), dim=-1, eps=1e-8)
-    block = max(1, SIMILARITY_BLOCK // max(1, queries.shape[0]))
+    block_elements = CPU_SIMILARITY_BLOCK if queries.device.type == 'cpu' else ACCELERATOR_SIMILARITY_BLOCK
+    block = max(1, block_elements // max(1, queries.shape[0]))
     best = torch.full((queries.shape[0],), -math.inf, device=queries.device)
     for start in range(0, bank.shape[0], block):
         best = torch.maximum(best, (queries @ bank[start:start + block].T).amax(dim=1))
     return best
 
 
-def few_shot_maps(tokens: Tokens, banks: Sequence[Tensor], img_size: int) -> Tensor:
-    """(B, S, S) anomaly maps: 1 - cosine similarity to the nearest bank token, summed over levels.
+def few_shot_maps(tokens: Tokens, bank: PatchDistances, head: str, img_size: int) -> Tensor:
+    """(B, S, S) anomaly maps: each patch's distance to the bank, summed over levels.
 
     Upsampling is linear, so the levels are summed on the patch grid and upsampled once.
     """
-    distances = []
-    for level_tokens, bank in zip(tokens, banks):
-        patches = patch_tokens(level_tokens)
-        distances.append(1.0 - nearest_similarity(patches.reshape(-1, patches.shape[-1]), bank))
-    total = torch.stack(distances).sum(dim=0).reshape(tokens[0].shape[0], 1, -1)
-    return upsample(total, img_size)[:, 0]
+    total = sum(bank.patch_distances(head, level, patch_tokens(t)) for level, t in enumerate(tokens))
+    return upsample(total[:, None], img_size)[:, 0]
 
 
 def min_max_normalise(scores: Tensor) -> Tensor:
     """Scale to [0, 1] over everything given (a whole test set), as the authors do before fusing.
 
-    Constant scores become zeros (all tied) rather than the authors' 0 / 0 = NaN.
+    Constant scores become zeros (all tied) rather than the authors' 0 / 0 = NaN; decided on
+    the device, without reading the range back.
     """
     low, high = scores.min(), scores.max()
-    if high == low:
-        return torch.zeros_like(scores)
-    return (scores - low) / (high - low)
+    span = high - low
+    return torch.where(span > 0, (scores - low) / torch.where(span > 0, span, 1.0), 0.0)
 
 
-def fuse(zero_shot: Tensor, few_shot: Tensor) -> Tensor:
-    """Test-set-normalised zero-shot and few-shot scores, averaged."""
-    return ZERO_SHOT_WEIGHT * min_max_normalise(zero_shot) + FEW_SHOT_WEIGHT * min_max_normalise(few_shot)
+def fuse(zero_shot: Tensor, few_shot: Tensor, config: MVFAConfig = PAPER) -> Tensor:
+    """Test-set-normalised zero-shot and few-shot scores, weighted (0.5 / 0.5)."""
+    return config.zero_shot_weight * min_max_normalise(zero_shot) + config.few_shot_weight * min_max_normalise(few_shot)
+
+
+@dataclass
+class BatchScores:
+    """Raw scores of a batch, each summed over levels, before any test-set normalisation.
+
+    Image scores (B,) come from the det head; maps (B, S, S) from the head `score_batch` was
+    asked for. Few-shot parts are None without a memory bank, and parts not asked for are None.
+    """
+    zero_image: Optional[Tensor] = None
+    few_image: Optional[Tensor] = None
+    zero_map: Optional[Tensor] = None
+    few_map: Optional[Tensor] = None
+
+
+def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, img_size: int,
+                bank: Optional[PatchDistances] = None, image_scores: bool = True, map_head: Optional[str] = None,
+                config: MVFAConfig = PAPER) -> BatchScores:
+    """Image scores (`image_scores`) and anomaly maps (of head `map_head`, 'seg' or 'det') of a batch.
+
+    Zero-shot parts from the text features; few-shot parts from `bank` where one is given: the
+    few-shot image score is the mean of the det head's few-shot map, as in the authors' code.
+    """
+    if map_head is not None and map_head not in HEADS:
+        raise ValueError(f'map_head must be one of {HEADS} or None, got {map_head!r}')
+    scores = BatchScores()
+    det_few_map = None
+    if image_scores:
+        scores.zero_image = zero_shot_image_scores(det_tokens, text_features, config).float()
+        if bank is not None:
+            det_few_map = few_shot_maps(det_tokens, bank, 'det', img_size)
+            scores.few_image = det_few_map.flatten(1).mean(dim=1)
+    if map_head is not None:
+        tokens = seg_tokens if map_head == 'seg' else det_tokens
+        scores.zero_map = zero_shot_maps(tokens, text_features, img_size, config).float()
+        if bank is not None:
+            reuse = map_head == 'det' and det_few_map is not None
+            scores.few_map = det_few_map if reuse else few_shot_maps(tokens, bank, map_head, img_size)
+    return scores

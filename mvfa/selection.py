@@ -6,15 +6,14 @@ support images (`valid`), or simply the final state (`last`).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
+from torch.utils.data import DataLoader
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from dataset.bmad import DataError, MedTestDataset
 from mvfa.checkpoint import ADAPTER_KEYS
-from mvfa.engine import Evaluation
+from mvfa.evaluation import Evaluation
 
 SELECTION_MODES = ('test', 'valid', 'last')
 # Where the scores a selection mode compares come from (`last` compares none).
@@ -22,20 +21,6 @@ SCORED_ON = {'test': 'test', 'valid': 'valid', 'last': None}
 
 AdapterState = Dict[str, Dict[str, torch.Tensor]]
 Saver = Callable[[MultiLevelAdaptedCLIP, Dict], None]
-
-
-class ValidationSet(MedTestDataset):
-    """The `valid/` split of an object minus the given support images; items as MedTestDataset."""
-
-    def __init__(self, dataset_path: str | Path, class_name: str, resize: int, support: Sequence[Path] = ()) -> None:
-        super().__init__(dataset_path, class_name, resize)
-        excluded = {Path(path).resolve() for path in support}
-        kept = [item for item in zip(*self._list_split('valid')) if item[0].resolve() not in excluded]
-        labels = {label for _, label, _ in kept}
-        if labels != {0, 1}:
-            raise DataError(f'{self.root / "valid"} has no normal or no abnormal image left besides the '
-                            f'support images: --selection valid needs both; use --selection last or test')
-        self.images, self.labels, self.masks = (list(column) for column in zip(*kept))
 
 
 def adapter_state(model: MultiLevelAdaptedCLIP) -> AdapterState:
@@ -99,3 +84,10 @@ class ModelSelection:
         if self.mode == 'last':
             self.consider(model, evaluation, last_step)
         return evaluation, self.step
+
+
+def selection_loader(mode: str, test_loader: DataLoader,
+                     validation_loader: Callable[[], DataLoader]) -> Optional[DataLoader]:
+    """What model selection scores during training: the test set, the `valid/` split (built only
+    then), or nothing (`last`)."""
+    return {'test': lambda: test_loader, 'valid': validation_loader, 'last': lambda: None}[mode]()

@@ -11,8 +11,9 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
-from dataset.bmad import ABNORMAL, NORMAL, load_image
-from mvfa.engine import Evaluation
+from dataset.bmad import load_image
+from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
+from mvfa.evaluation import Evaluation
 
 # Share of the JET-coloured map in the overlay; the rest is the input image, so anatomy stays visible.
 MAP_ALPHA = 0.5
@@ -44,9 +45,14 @@ def panel(image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray]
     return np.concatenate(row, axis=1)
 
 
+def write_panel(path: Path, image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
+    """`panel` as a PNG file; `image` (S, S, 3) RGB bytes."""
+    cv2.imwrite(str(path), cv2.cvtColor(panel(image, anomaly_map, mask), cv2.COLOR_RGB2BGR))  # cv2 writes BGR
+
+
 def heatmap_name(obj: str, label: int, score: float, source: Path) -> str:
     """E.g. `Brain_Ungood_0.873_tU003.png`: sorting by name groups by label, then by score."""
-    return f'{obj}_{ABNORMAL if label else NORMAL}_{score:.3f}_{Path(source).stem}.png'
+    return f'{obj}_{ABNORMAL_FOLDER if label else NORMAL_FOLDER}_{score:.3f}_{Path(source).stem}.png'
 
 
 def save_heatmaps(out_dir: str | Path, obj: str, image_paths: Sequence[Path], maps: np.ndarray,
@@ -69,8 +75,7 @@ def save_heatmaps(out_dir: str | Path, obj: str, image_paths: Sequence[Path], ma
         image = to_uint8(load_image(Path(source), img_size).permute(1, 2, 0).numpy())
         mask = None if masks is None else masks[index]
         path = out_dir / heatmap_name(obj, int(labels[index]), float(image_scores[index]), source)
-        # cv2 writes BGR.
-        cv2.imwrite(str(path), cv2.cvtColor(panel(image, maps[index], mask), cv2.COLOR_RGB2BGR))
+        write_panel(path, image, maps[index], mask)
         written.append(path)
     return written
 

@@ -60,4 +60,4 @@ def parity_args() -> list:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
-    torch.set_flush_denormal(True)  # as the scripts run (mvfa.cli.pick_device)
+    torch.set_flush_denormal(True)  # as the scripts run (mvfa.runtime.configure_backends)

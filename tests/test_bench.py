@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import bench
-from mvfa.cli import pick_device
+from benchmarks.reference import attention_weights_requested
+from mvfa.runtime import reuse_freed_memory
 from open_clip.transformer import ResidualAttentionBlock
 
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
@@ -59,7 +60,7 @@ def test_reference_attention_asks_for_weights_and_is_restored() -> None:
     causal = torch.full((5, 5), float('-inf')).triu(1)
     with torch.no_grad():
         expected = block(x, attn_mask=causal)
-        with bench.attention_weights_requested():
+        with attention_weights_requested():
             assert ResidualAttentionBlock.attention is not original
             torch.testing.assert_close(block(x, attn_mask=causal), expected)
     assert ResidualAttentionBlock.attention is original
@@ -83,6 +84,18 @@ def test_only_our_path_fuses_attention() -> None:
     assert bench.load_model('ours', args, torch.device('cpu')).fused_attention
 
 
+def test_fp32_process_set_up_turns_tf32_off() -> None:
+    """--precision fp32 means fp32 on CUDA too: the set-up of each measuring process disables TF32."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        device, precision = bench.set_up_process(bench.parse_args(['--device', 'cpu', '--precision', 'fp32']))
+        assert (device.type, precision) == ('cpu', 'fp32')
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
                                                      'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
@@ -95,7 +108,7 @@ def test_cpu_keeps_freed_memory_for_reuse() -> None:
     if not hasattr(libc, 'mallinfo2'):
         pytest.skip('glibc older than 2.33 has no mallinfo2')
     libc.mallinfo2.restype = MallInfo2
-    pick_device('cpu')
+    reuse_freed_memory()
     mapped_before = libc.mallinfo2().hblkhd
     tensor = torch.ones(16 * MIB)  # 64 MiB: by default glibc maps a block this large on its own
     assert libc.mallinfo2().hblkhd - mapped_before < 64 * MIB

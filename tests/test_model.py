@@ -54,7 +54,7 @@ def test_tokens_of_an_image_do_not_depend_on_its_batch(tiny):
     images = torch.rand(5, 3, 56, 56)
     with torch.no_grad():
         pooled, seg, det = model(images)
-        seg_single, det_single = model.tokens(images[3:4])
+        seg_single, det_single = model.adapter_tokens(images[3:4])
     assert pooled.shape == (5, 96)
     assert [t.shape for t in seg] == [(5, 17, 96)] * 4
     for level in range(4):
@@ -79,7 +79,7 @@ def test_training_reaches_only_the_adapters(tiny):
     model = MultiLevelAdaptedCLIP(tiny, [3, 6])
     model.train()
     assert not model.image_encoder.training
-    seg, det = model.tokens(torch.rand(1, 3, 56, 56))
+    seg, det = model.adapter_tokens(torch.rand(1, 3, 56, 56))
     (seg[-1].sum() + det[-1].sum()).backward()
     assert model.seg_adapters[0].fc1[0].weight.grad is not None
     assert all(p.grad is None for p in tiny.parameters())
@@ -88,7 +88,7 @@ def test_training_reaches_only_the_adapters(tiny):
 def test_memory_bank_search_is_exact_in_blocks(monkeypatch):
     queries, bank = torch.randn(7, 5), torch.nn.functional.normalize(torch.randn(23, 5), dim=-1)
     expected = (torch.nn.functional.normalize(queries, dim=-1) @ bank.T).amax(dim=1)
-    monkeypatch.setattr(scoring, 'SIMILARITY_BLOCK', 7 * 4)  # blocks of 4 bank rows
+    monkeypatch.setattr(scoring, 'CPU_SIMILARITY_BLOCK', 7 * 4)  # blocks of 4 bank rows
     torch.testing.assert_close(scoring.nearest_similarity(queries, bank), expected)
 
 
@@ -109,7 +109,7 @@ def test_fused_attention_computes_open_clips_blocks(tiny):
         torch.manual_seed(1)  # the same adapters both times
         model = MultiLevelAdaptedCLIP(tiny, [3, 6, 9, 12], fused_attention=fused)
         assert model.fused_attention is fused
-        seg, det = model.tokens(images)
+        seg, det = model.adapter_tokens(images)
         (seg[-1].square().sum() + det[0].sum()).backward()
         results.append((seg, det, model.seg_adapters[0].fc1[0].weight.grad))
     (seg_fused, det_fused, grad_fused), (seg_plain, det_plain, grad_plain) = results
@@ -130,8 +130,8 @@ def test_blocks_that_fused_block_does_not_know_run_their_own_forward(tiny):
     assert not MultiLevelAdaptedCLIP(clip, [3]).fused_attention
 
 
-def test_embed_is_the_stream_the_first_adapters_read(tiny):
-    """Every block up to the first adapted one is frozen, so `embed` runs all of them, and tokens
+def test_frozen_stream_is_the_stream_the_first_adapters_read(tiny):
+    """Every block up to the first adapted one is frozen, so `frozen_stream` runs all of them, and tokens
     from its stream equal tokens from the images."""
     model = MultiLevelAdaptedCLIP(tiny, [4, 8])
     images = torch.rand(2, 3, 56, 56)
@@ -139,15 +139,15 @@ def test_embed_is_the_stream_the_first_adapters_read(tiny):
         expected = tiny.visual._embeds(images)
         for block in tiny.visual.transformer.resblocks[:4]:
             expected = block(expected)
-        stream = model.embed(images)
+        stream = model.frozen_stream(images)
         torch.testing.assert_close(stream, expected, atol=1e-5, rtol=0)
-        for from_images, from_stream in zip(model.tokens(images), model.tokens(stream)):
+        for from_images, from_stream in zip(model.adapter_tokens(images), model.adapter_tokens_from_stream(stream)):
             for level in range(2):
                 torch.testing.assert_close(from_images[level], from_stream[level], atol=1e-6, rtol=0)
 
 
 def test_tokens_skip_the_last_levels_fc2(tiny):
-    """Only the stream after the last level reads that level's fc2 layers: `tokens` spares them."""
+    """Only the stream after the last level reads that level's fc2 layers: `adapter_tokens` spares them."""
     model = MultiLevelAdaptedCLIP(tiny, [3, 6])
     calls = []
     for adapters in (model.seg_adapters, model.det_adapters):
@@ -155,7 +155,7 @@ def test_tokens_skip_the_last_levels_fc2(tiny):
             adapter.fc2.register_forward_hook(lambda module, inputs, output: calls.append(module))
     images = torch.rand(2, 3, 56, 56)
     with torch.no_grad():
-        seg, det = model.tokens(images)
+        seg, det = model.adapter_tokens(images)
         assert calls == [model.seg_adapters[0].fc2, model.det_adapters[0].fc2]
         _, seg_forward, det_forward = model(images)
     assert len(calls) == 2 + 4  # forward runs both levels' fc2 layers
@@ -173,13 +173,13 @@ def test_frozen_weights_stored_in_bf16_change_no_number():
         torch.manual_seed(1)  # the same random CLIP and adapters both times
         model = MultiLevelAdaptedCLIP(create_model('tiny-clip', img_size=56, pretrained=None), [3, 6, 9, 12])
         if cast:
-            model.cast_frozen_weights(torch.bfloat16)
+            model.set_precision('bf16')
             assert model.image_encoder.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16
             assert model.image_encoder.conv1.weight.dtype == torch.bfloat16
             assert model.seg_adapters[0].fc1[0].weight.dtype == torch.float32  # trained in fp32
             assert model.clipmodel.token_embedding.weight.dtype == torch.float32  # text tower untouched
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            seg, det = model.tokens(images)
+            seg, det = model.adapter_tokens(images)
             (seg[-1].float().square().sum() + det[0].float().sum()).backward()
         results.append([*seg, *det, model.seg_adapters[0].fc1[0].weight.grad])
     assert all(torch.equal(plain, cast) for plain, cast in zip(*results))
@@ -187,9 +187,11 @@ def test_frozen_weights_stored_in_bf16_change_no_number():
 
 @pytest.mark.parametrize('precision,dtype', [('fp32', torch.float32), ('bf16', torch.bfloat16)])
 def test_build_model_stores_frozen_weights_at_the_run_precision(precision, dtype):
-    from mvfa.cli import build_model, parser
+    from mvfa.cli import parser
+    from mvfa.session import build_model
     args = parser('', obj='Brain', save_path='.', few_shot=False, training=False).parse_args(
         ['--model_name', 'tiny-clip', '--pretrain', 'none', '--img_size', '56', '--features_list', '3',
          '--precision', precision])
-    model = build_model(args, torch.device('cpu'))
+    model = build_model(args, torch.device('cpu'), precision)
+    assert model.precision == precision
     assert model.image_encoder.transformer.resblocks[5].mlp.c_fc.weight.dtype == dtype

@@ -15,9 +15,11 @@ from conftest import PARITY
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTestDataset
-from loss import BinaryDiceLoss, FocalLoss
+from loss import BinaryDiceLoss, FocalLoss, MVFALoss
 from mvfa.checkpoint import load_adapters
-from mvfa.engine import Evaluation, MVFALoss, adapter_optimizers, build_memory_bank, evaluate, train_step
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.memory_bank import build_memory_bank
+from mvfa.training import AdapterOptimizers, train_step
 from prompt import encode_text_with_prompt_ensemble
 from utils import augment
 
@@ -99,9 +101,9 @@ def test_adapter_tokens(parity_model, expected):
 def check_few_shot_test(model, clip, expected, key: str, obj: str, shot: int, batch_size: int) -> None:
     data = few_shot_data(obj, shot)
     normal, _ = augment(data.fewshot_norm_img)
-    bank = build_memory_bank(model, normal, batch_size, CPU)
-    result = evaluate(model, DataLoader(data, batch_size=batch_size), text(clip, obj), data.seg_flag, 240, CPU,
-                      bank=bank, progress=False)
+    bank = build_memory_bank(model, normal, batch_size)
+    result = evaluate(model, DataLoader(data, batch_size=batch_size), text(clip, obj), data.has_masks, bank,
+                      progress=False)
     assert_evaluation_matches(result, expected, f'{key}/{obj}')
 
 
@@ -133,7 +135,7 @@ def test_few_shot_test_trained(parity_model, parity_clip, expected, parity_setti
 def test_zero_shot_test(parity_model, parity_clip, expected, obj):
     load_adapters(parity_model, PARITY / 'adapters_trained.pth')
     data = MedTestDataset(PARITY / 'data', obj, 240)
-    result = evaluate(parity_model, DataLoader(data, batch_size=3), text(parity_clip, obj), data.seg_flag, 240, CPU,
+    result = evaluate(parity_model, DataLoader(data, batch_size=3), text(parity_clip, obj), data.has_masks,
                       progress=False)
     assert_evaluation_matches(result, expected, f'test_zero/{obj}')
 
@@ -168,9 +170,9 @@ def test_few_shot_training_steps(parity_model, parity_clip, expected, parity_set
         data = few_shot_data(obj, parity_settings['shot'])
         images, masks, labels = few_shot_training_set(data)
         features = text(parity_clip, obj)
-        seg_optimizer, det_optimizer = adapter_optimizers(parity_model, 1e-3)
-        losses = [train_step(parity_model, seg_optimizer, det_optimizer, MVFALoss(240), images[[i]], labels[[i]],
-                             masks[[i]] if data.seg_flag else None, features, CPU)
+        optimizers = AdapterOptimizers(parity_model, 1e-3)
+        losses = [train_step(parity_model, optimizers, MVFALoss(240), images[[i]], labels[[i]],
+                             masks[[i]] if data.has_masks else None, features).item()
                   for i in expected[f'train_few/{obj}/order']]
         np.testing.assert_allclose(losses, expected[f'train_few/{obj}/losses'], rtol=1e-4)
         assert_adapters_match(parity_model, reference_file)
@@ -182,9 +184,9 @@ def test_zero_shot_training_steps(parity_model, parity_clip, expected):
     for obj in ('Liver', 'Histopathology'):
         data = MedTestDataset(PARITY / 'data', obj, 240)
         image, label, mask = data[int(expected[f'train_zero/{obj}/idx'][0])]
-        seg_optimizer, det_optimizer = adapter_optimizers(parity_model, 1e-4)
-        loss = train_step(parity_model, seg_optimizer, det_optimizer, MVFALoss(240), image[None],
-                          torch.tensor([label]), mask[None] if data.seg_flag else None, text(parity_clip, obj), CPU)
+        optimizers = AdapterOptimizers(parity_model, 1e-4)
+        loss = train_step(parity_model, optimizers, MVFALoss(240), image[None], torch.tensor([label]),
+                          mask[None] if data.has_masks else None, text(parity_clip, obj)).item()
         assert loss == pytest.approx(float(expected[f'train_zero/{obj}/loss']), rel=1e-4)
     reference = torch.load(PARITY / 'adapters_after_train_zero.pth', weights_only=True)
     for key in ('seg_adapters', 'det_adapters'):

@@ -16,7 +16,7 @@ import predict
 import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa.cli import run
+from mvfa.session import run
 from mvfa.metrics import auroc
 
 FEATURES = ['3', '6', '9', '12']

@@ -12,7 +12,7 @@ from dataset.medical_few import MedDataset
 from dataset.synthetic import generate
 from mvfa.metrics import average_precision, f1_max
 from mvfa.paper_results import published
-from mvfa.selection import ValidationSet
+from dataset.bmad import ValidationSet
 
 IMG_SIZE = 56
 N_VALID = 4  # per class: 2-shot leaves 2 of each for --selection valid

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mvfa.cli
+import mvfa.session
 import test_few
 import test_zero
 import train_few
@@ -23,8 +23,9 @@ from CLIP.factory import LOCAL_WEIGHTS
 from dataset.bmad import load_image, load_mask
 from dataset.synthetic import generate
 from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
-from mvfa.cli import run
-from mvfa.engine import MVFALoss, adapter_optimizers, train_step
+from mvfa.session import run
+from loss import MVFALoss
+from mvfa.training import AdapterOptimizers, train_step
 
 FEATURES = [3, 6, 9, 12]
 SIZE = 28  # the smallest input the tiny CLIP (patch 14) takes
@@ -132,7 +133,7 @@ def test_bad_data_is_one_line_before_the_model_is_built(case, data, tmp_path, ca
 
     def no_model(*args, **kwargs):
         raise AssertionError('the model was built before the data was checked')
-    monkeypatch.setattr(mvfa.cli, 'create_model', no_model)
+    monkeypatch.setattr(mvfa.session, 'create_model', no_model)
     save = tmp_path / 'ckpt'
     argv = (zero_shot_flags if script in (train_zero, test_zero) else flags)(data, save)
     assert run(script.main, argv + extra) == 2
@@ -260,17 +261,22 @@ def test_a_checkpoint_of_another_width_names_the_tensor_and_shapes(adapted, tmp_
 # ---------------------------------------------------------------- 4. NaN losses and Ctrl-C
 
 def test_a_nan_loss_skips_the_step(adapted):
+    """The optimizers skip the step on the device: no weight moves and Adam's step count stays."""
     images, labels = torch.rand(2, 3, SIZE, SIZE), torch.tensor([0.0, 1.0])
-    seg_optimizer, det_optimizer = adapter_optimizers(adapted, 1e-3)
+    optimizers = AdapterOptimizers(adapted, 1e-3)
+    text = torch.nn.functional.normalize(torch.randn(96, 2), dim=0)  # (embed_dim, normal/abnormal)
+    train_step(adapted, optimizers, MVFALoss(SIZE), images, labels, None, text)
     before = {name: value.clone() for name, value in adapted.det_adapters.state_dict().items()}
+    steps_before = [state['step'].item() for state in optimizers.det.state.values()]
 
     def nan_loss(*args):
         return MVFALoss(SIZE)(*args) * float('nan')
-    text = torch.nn.functional.normalize(torch.randn(96, 2), dim=0)  # (embed_dim, normal/abnormal)
-    loss = train_step(adapted, seg_optimizer, det_optimizer, nan_loss, images, labels, None, text, torch.device('cpu'))
-    assert np.isnan(loss)
+    loss = train_step(adapted, optimizers, nan_loss, images, labels, None, text)
+    assert torch.isnan(loss)
     for name, value in adapted.det_adapters.state_dict().items():
         assert torch.equal(value, before[name])
+    assert steps_before and set(steps_before) == {1.0}
+    assert [state['step'].item() for state in optimizers.det.state.values()] == steps_before
 
 
 def test_training_warns_with_the_count_of_skipped_steps(data, tmp_path, monkeypatch, recwarn):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.synthetic import OBJECTS, SEGMENTATION_OBJECTS, generate, main
+from dataset.objects import OBJECTS, OBJECTS_WITH_MASKS
+from dataset.synthetic import generate, main
 
 N_TEST, N_VALID, SIZE, SHOTS, ITERATIONS = 4, 3, 48, (1, 2, 4), 2
 
@@ -43,13 +44,13 @@ def test_layout_counts_modes_and_sizes(data: Path, obj: str) -> None:
                     assert im.mode == ('RGB' if obj == 'Histopathology' else 'L')
                     assert im.size == (SIZE, SIZE)
             masks = root / split / cls / 'anomaly_mask'
-            assert masks.is_dir() == (cls == 'Ungood' and obj in SEGMENTATION_OBJECTS)
+            assert masks.is_dir() == (cls == 'Ungood' and obj in OBJECTS_WITH_MASKS)
             if masks.is_dir():
                 assert _pngs(masks) == names
     assert {p.name for p in root.iterdir()} == {'test', 'valid'}
 
 
-@pytest.mark.parametrize('obj', SEGMENTATION_OBJECTS)
+@pytest.mark.parametrize('obj', OBJECTS_WITH_MASKS)
 def test_masks_binary_nonempty_and_mark_a_visible_lesion(data: Path, obj: str) -> None:
     split = data / f'{obj}_AD' / 'test'
     goods = np.stack([_load(p) for p in sorted((split / 'good' / 'img').glob('*.png'))])

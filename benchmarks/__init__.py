@@ -1,0 +1,1 @@
+"""The parts of bench.py: timing and memory probes (`measure`) and the authors'-style path (`reference`)."""

@@ -1,0 +1,39 @@
+"""MVFA's settings in one place: every number of the method, as the authors' code sets it.
+
+The model, the loss, the scoring and the scripts read `PAPER`; change a number here and every
+part of the method follows. Flags of the scripts default to these values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+
+@dataclass(frozen=True)
+class MVFAConfig:
+    """The numbers that define MVFA (defaults: the published ones)."""
+
+    # 1-based ViT-L/14 blocks after which a seg and a det adapter read the stream.
+    levels: Tuple[int, ...] = (6, 12, 18, 24)
+    # Input side in pixels: OpenAI's 336 px ViT-L/14 run at 240 px (17 x 17 patches).
+    img_size: int = 240
+    # After an adapted block the stream is keep * x + adapter * seg + adapter * det: most of the frozen
+    # representation is kept, so deeper CLIP blocks still see familiar input.
+    residual_keep: float = 0.8
+    residual_adapter: float = 0.1
+    # CLIP's learned logit scale, rounded and fixed by the authors.
+    logit_scale: float = 100.0
+    # Weights of the test-set-normalised zero-shot (text) and few-shot (memory bank) scores.
+    zero_shot_weight: float = 0.5
+    few_shot_weight: float = 0.5
+    # Adam for each head's adapters; few-shot and zero-shot training differ only in the learning rate.
+    adam_betas: Tuple[float, float] = (0.5, 0.999)
+    few_shot_learning_rate: float = 1e-3
+    zero_shot_learning_rate: float = 1e-4
+    epochs: int = 50
+    # Zero-shot training scores the target this many times per epoch (every len(loader) // 5 steps).
+    evaluations_per_epoch: int = 5
+    seed: int = 111
+
+
+PAPER = MVFAConfig()

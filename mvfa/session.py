@@ -1,0 +1,123 @@
+"""What every script sets up and how it ends: seed, device, model and text features; the end of a
+training run, Ctrl-C, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
+from dataset.bmad import DataError
+from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
+from mvfa.evaluation import Evaluation
+from mvfa.results import flag_values, write_results
+from mvfa.runtime import DeviceError, configure_backends, pick_device, resolve_precision
+from mvfa.selection import ModelSelection
+from mvfa.training import EpochLosses
+from prompt import encode_text_with_prompt_ensemble
+from utils import setup_seed
+
+# Problems with the user's input: reported as one line, never as a traceback.
+USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError)
+
+
+def build_model(args: argparse.Namespace, device: torch.device, precision: str,
+                checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
+    """The frozen CLIP with adapters, from the model flags, on `device` at `precision`; the
+    checkpoint is read first, so a bad one fails before a large model is built."""
+    adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
+    pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
+    clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
+    try:
+        model = MultiLevelAdaptedCLIP(clip, args.features_list)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    if adapters is not None:
+        load_adapters(model, checkpoint, adapters)
+    return model.to(device).set_precision(precision)
+
+
+class Session:
+    """Seed, device and precision from the shared flags; `load_model` builds the frozen CLIP and adapters.
+
+    Scripts read their data before calling `load_model`, so a data problem is reported at once.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        setup_seed(args.seed)
+        self.args = args
+        self.device = pick_device(args.device)
+        self.precision = resolve_precision(args.precision, self.device)
+        configure_backends(self.device, self.precision)
+        self.model: Optional[MultiLevelAdaptedCLIP] = None
+
+    def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
+        self.model = build_model(self.args, self.device, self.precision, checkpoint)
+        return self.model
+
+    @torch.no_grad()  # not inference_mode: training reads these features under autograd
+    def text_features(self, obj: str) -> Tensor:
+        """The prompt ensemble's (embed_dim, 2) text features of `obj`, a BMAD object or free text."""
+        with self.model.autocast():
+            return encode_text_with_prompt_ensemble(self.model.clipmodel, obj, self.device).float()
+
+    def loader_options(self) -> Dict:
+        """Worker processes on CUDA, where loading images would otherwise starve the GPU."""
+        return {'num_workers': 4, 'pin_memory': True} if self.device.type == 'cuda' else {}
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.args.save_path) / f'{self.args.obj}.pth'
+
+    def adapter_saver(self, setting: str) -> Optional[Callable[[MultiLevelAdaptedCLIP, Dict], None]]:
+        """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
+        if self.args.save_model != 1:
+            return None
+        path = self.checkpoint_path()
+        return lambda model, selection: save_adapters(
+            model, path, {'setting': setting, **selection, 'flags': flag_values(self.args)})
+
+
+def report_epoch(epoch: int, losses: EpochLosses) -> None:
+    """Print an epoch's mean loss, warning about the steps skipped for a non-finite loss."""
+    mean, skipped = losses.summary()
+    if skipped:
+        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', stacklevel=2)
+    print(f'epoch {epoch}: loss {mean:.4f}')
+
+
+def finish_training(args: argparse.Namespace, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
+                    test: Callable[[], Evaluation], last_step: str) -> Evaluation:
+    """Score the selected state on the test set, print it and write the results file."""
+    result, step = selection.tested(model, test, last_step)
+    print(f'test set, {step}:\n{result.report(args.obj)}')
+    write_results(args, setting, result, selected=step)
+    return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was kept."""
+
+    def __init__(self, selection: ModelSelection, checkpoint: Path) -> None:
+        kept = selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
+        super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
+                         else 'no checkpoint was saved yet')
+
+
+def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
+    """Run a script's main; a problem with the user's input becomes one line and exit status 2,
+    Ctrl-C one line and status 130 (the shell's for SIGINT)."""
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as error:
+        # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
+        print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
+        return 130
+    return 0
