@@ -202,8 +202,8 @@ def test_test_few_normal_only_needs_no_abnormal_support(tmp_path, checkpoint, mo
     # adapters and normal support (abnormal support present): the same numbers.
     full = generate(tmp_path / 'full', seed=0, size=SMALL_SIZE, n_test=3, n_valid=2, shots=(2,), iterations=1,
                     objects=('Brain',))
-    few_shot_flags = [str(full) if flag == str(data) else str(full / 'fewshot_seed') if flag == str(data / 'fewshot_seed')
-                      else flag for flag in flags if flag != '--normal_only']
+    moved = {str(data): str(full), str(data / 'fewshot_seed'): str(full / 'fewshot_seed')}
+    few_shot_flags = [moved.get(flag, flag) for flag in flags if flag != '--normal_only']
     few_shot = test_few.main(few_shot_flags + ['--save_path', str(zero_shot_folder)])
     np.testing.assert_allclose(evaluation.image_scores, few_shot.image_scores, atol=1e-6)
     np.testing.assert_allclose(evaluation.pixel_scores, few_shot.pixel_scores, atol=1e-6)
