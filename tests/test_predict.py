@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
+import mvfa.session
 import predict
 import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
+from dataset.bmad import load_image
 from mvfa.session import run
 from mvfa.metrics import auroc
+from prompt import encode_text_with_prompt_ensemble
 
 FEATURES = ['3', '6', '9', '12']
 # The lesions of the synthetic Brain images cover a few 14 px patches at 112 px, not at 56.
@@ -61,12 +65,37 @@ def mixed_images(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture()
+def built_models(monkeypatch) -> List[MultiLevelAdaptedCLIP]:
+    """The models predict.py builds, caught as they are built."""
+    models, real_build = [], mvfa.session.build_model
+
+    def build(*args, **kwargs):
+        models.append(real_build(*args, **kwargs))
+        return models[-1]
+    monkeypatch.setattr(mvfa.session, 'build_model', build)
+    return models
+
+
+@torch.no_grad()
+def hand_zero_shot(model: MultiLevelAdaptedCLIP, obj: str, path: str, img_size: int) -> float:
+    """The zero-shot image score computed from the paper's formula: per level, softmax over the two
+    states of 100 x cosine(patch token, text), abnormal state, mean over patches; mean over levels."""
+    text = encode_text_with_prompt_ensemble(model.clipmodel, obj, 'cpu').float()
+    _, det = model.adapter_tokens(load_image(Path(path), img_size)[None])
+    per_level = []
+    for tokens in det:
+        patches = torch.nn.functional.normalize(tokens[0, 1:], dim=-1)
+        per_level.append((100 * patches @ text).softmax(dim=-1)[:, 1].mean())
+    return float(torch.stack(per_level).mean())
+
+
 def read_csv(path: Path) -> List[Dict[str, str]]:
     with open(path, newline='', encoding='utf-8') as f:
         return list(csv.DictReader(f))
 
 
-def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixed_images):
+def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixed_images, built_models):
     rows = predict.main(model_flags(checkpoint, SMALL_SIZE) + ['--out', str(tmp_path), '--batch_size', '2',
                                                                 str(mixed_images)])
     assert len(rows) == 5
@@ -80,20 +109,34 @@ def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixe
     for row in rows:
         # Without references: the raw zero-shot probability, averaged over levels.
         assert 0.0 <= row['score'] == row['zero_shot'] == row['zero_shot_raw'] <= 1.0
+        assert row['score'] == pytest.approx(hand_zero_shot(built_models[0], 'Brain', row['path'], SMALL_SIZE),
+                                             abs=1e-5)
         assert row['few_shot'] is None and row['few_shot_raw'] is None
         heatmap = Image.open(row['heatmap'])
         assert heatmap.size == (2 * SMALL_SIZE + 4, SMALL_SIZE)
     assert len({row['heatmap'] for row in rows}) == 5  # the two gray.png do not overwrite each other
 
 
-def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images):
+def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images, built_models):
     rows = predict.main(model_flags(checkpoint, SMALL_SIZE) + ['--out', str(tmp_path), str(mixed_images / 'a'),
                                                                 '--reference', str(mixed_images / 'a' / 'b')])
     assert len(rows) == 3 and all(row['few_shot'] is not None for row in rows)
     record = json.loads((tmp_path / 'scores.json').read_text())
-    assert record['calibration']['references'] == 2
+    calibration = record['calibration']
+    assert calibration['references'] == 2
+    references = sorted(str(p) for p in (mixed_images / 'a' / 'b').iterdir())
+    reference_zero = torch.tensor([hand_zero_shot(built_models[0], 'Brain', path, SMALL_SIZE) for path in references])
+    # The zero-shot spread is that of the references' own raw zero-shot scores (std with Bessel's correction).
+    assert calibration['zero']['mean'] == pytest.approx(float(reference_zero.mean()), abs=1e-5)
+    assert calibration['zero']['std'] == pytest.approx(float(reference_zero.std()), rel=1e-3)
     for row in rows:
         assert row['score'] == pytest.approx(0.5 * row['zero_shot'] + 0.5 * row['few_shot'], abs=1e-5)
+        assert row['zero_shot_raw'] == pytest.approx(hand_zero_shot(built_models[0], 'Brain', row['path'], SMALL_SIZE),
+                                                     abs=1e-5)
+        zero = calibration['zero']
+        assert row['zero_shot'] == pytest.approx((row['zero_shot_raw'] - zero['mean']) / zero['std'], abs=1e-4)
+        few = calibration['few']
+        assert row['few_shot'] == pytest.approx((row['few_shot_raw'] - few['mean']) / few['std'], abs=1e-4)
 
 
 def test_bad_input_is_one_line_of_error(tmp_path, checkpoint, mixed_images, capsys):
@@ -156,6 +199,18 @@ def test_test_few_normal_only_needs_no_abnormal_support(tmp_path, checkpoint, mo
              '--iterate', '0', '--fewshot_seed_dir', str(data / 'fewshot_seed'), '--normal_only']
     evaluation = test_few.main(flags + ['--save_path', str(zero_shot_folder), '--results', str(tmp_path / 'r.json')])
     assert 0.0 <= evaluation.image_auroc <= 1.0 and evaluation.pixel_auroc is not None
+    # The bank holds normal images only, so the scores are those of a plain few-shot test with the same
+    # adapters and normal support (abnormal support present): the same numbers.
+    full = generate(tmp_path / 'full', seed=0, size=SMALL_SIZE, n_test=3, n_valid=2, shots=(2,), iterations=1,
+                    objects=('Brain',))
+    moved = {str(data): str(full), str(data / 'fewshot_seed'): str(full / 'fewshot_seed')}
+    few_shot_flags = [moved.get(flag, flag) for flag in flags if flag != '--normal_only']
+    few_shot = test_few.main(few_shot_flags + ['--save_path', str(zero_shot_folder)])
+    np.testing.assert_allclose(evaluation.image_scores, few_shot.image_scores, atol=1e-6)
+    np.testing.assert_allclose(evaluation.pixel_scores, few_shot.pixel_scores, atol=1e-6)
+    assert evaluation.image_auroc == pytest.approx(roc_auc_score(evaluation.labels, evaluation.image_scores), abs=1e-12)
+    assert evaluation.pixel_auroc == pytest.approx(roc_auc_score(evaluation.masks.ravel(),
+                                                                 evaluation.pixel_scores.ravel()), abs=1e-12)
     assert json.loads((tmp_path / 'r.json').read_text())['setting'] == 'normal-only'
     # Without --save_path the zero-shot adapters are read from ./ckpt/zero-shot/.
     monkeypatch.chdir(tmp_path)

@@ -5,9 +5,12 @@ import csv
 import json
 import statistics
 
+import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 import reproduce
+import test_few
 from dataset.medical_few import MedDataset
 from dataset.synthetic import generate
 from mvfa.metrics import average_precision, f1_max
@@ -41,7 +44,7 @@ def tables(data, tmp_path_factory):
     results = folder / 'results'
     with open(results / 'summary.csv', encoding='utf-8') as handle:
         rows = list(csv.DictReader(handle))
-    return {'folder': folder, 'results': results, 'rows': rows,
+    return {'folder': folder, 'results': results, 'rows': rows, 'data': data,
             'markdown': (results / 'summary.md').read_text(encoding='utf-8')}
 
 
@@ -76,6 +79,9 @@ def test_every_run_writes_its_results_file_naming_the_selection(tables):
                 record = run_record(tables['results'], setting, obj, shot, draw)
                 assert record['selection'] == 'last' and record['obj'] == obj and record['setting'] == setting
                 assert set(record) >= {'image_auroc', 'pixel_auroc', 'image_scores', 'labels'}
+                # The AUROC is that of the scores it was written with (sklearn's, independently).
+                assert record['image_auroc'] == pytest.approx(roc_auc_score(record['labels'], record['image_scores']),
+                                                              abs=1e-12)
     assert run_record(tables['results'], 'few-shot', 'Brain', 2, 'it1')['flags']['iterate'] == 1
 
 
@@ -84,9 +90,23 @@ def test_results_hold_ap_f1_and_aupro_beside_auroc(tables):
     assert chest['image_ap'] == pytest.approx(average_precision(chest['labels'], chest['image_scores']))
     assert chest['image_f1_max'] == pytest.approx(f1_max(chest['labels'], chest['image_scores']))
     assert chest['pixel_auroc'] is None and chest['pixel_ap'] is None and chest['pixel_aupro'] is None
+    assert chest['image_ap'] == pytest.approx(average_precision_score(chest['labels'], chest['image_scores']))
     brain = run_record(tables['results'], 'few-shot', 'Brain', 2, 'it0')
     for metric in ('pixel_auroc', 'pixel_ap', 'pixel_f1_max', 'pixel_aupro'):
         assert 0.0 <= brain[metric] <= 1.0
+    # The pixel metrics of the maps the saved checkpoint gives, rescored by test_few.py, by sklearn.
+    data = tables['data']
+    rescored = test_few.main(TINY[:TINY.index('--epoch')] + [
+        '--device', 'cpu', '--data_path', str(data), '--fewshot_seed_dir', str(data / 'fewshot_seed'),
+        '--obj', 'Brain', '--shot', '2', '--iterate', '0',
+        '--save_path', str(tables['folder'] / 'ckpt' / 'few-shot' / '2shot_it0')])
+    masks, maps = rescored.masks.ravel(), rescored.pixel_scores.ravel()
+    np.testing.assert_allclose(rescored.image_scores, brain['image_scores'], atol=1e-6)
+    assert brain['pixel_auroc'] == pytest.approx(roc_auc_score(masks, maps), abs=1e-9)
+    assert brain['pixel_ap'] == pytest.approx(average_precision_score(masks, maps), abs=1e-9)
+    precision, recall, _ = precision_recall_curve(masks, maps)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    assert brain['pixel_f1_max'] == pytest.approx(f1.max(), abs=1e-6)
 
 
 def test_checkpoints_have_a_sidecar_of_flags_selection_step_and_scores(tables):

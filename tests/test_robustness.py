@@ -160,7 +160,8 @@ def test_clean_data_passes_and_every_file_is_counted(clean_data):
 def test_normal_only_needs_no_abnormal_support(data):
     from dataset.validate import validate_object
     _remove(data / LIVER / 'valid' / 'Ungood')
-    validate_object(data, 'Liver', shot=1, iterate=0, seed_dir=data / 'fewshot_seed', normal_only=True)
+    checked = validate_object(data, 'Liver', shot=1, iterate=0, seed_dir=data / 'fewshot_seed', normal_only=True)
+    assert checked == 3 + 3 * 2 + 2  # test: 3 normal, 3 abnormal with masks; valid: the 2 normal images only
 
 
 # ---------------------------------------------------------------- 2. image modes and mask encodings
@@ -268,6 +269,9 @@ def test_a_nan_loss_skips_the_step(adapted):
     train_step(adapted, optimizers, MVFALoss(SIZE), images, labels, None, text)
     before = {name: value.clone() for name, value in adapted.det_adapters.state_dict().items()}
     steps_before = [state['step'].item() for state in optimizers.det.state.values()]
+    seg_before = {name: value.clone() for name, value in adapted.seg_adapters.state_dict().items()}
+    masks = torch.zeros(2, 1, SIZE, SIZE)
+    masks[1, :, :10, :10] = 1
 
     def nan_loss(*args):
         return MVFALoss(SIZE)(*args) * float('nan')
@@ -277,6 +281,11 @@ def test_a_nan_loss_skips_the_step(adapted):
         assert torch.equal(value, before[name])
     assert steps_before and set(steps_before) == {1.0}
     assert [state['step'].item() for state in optimizers.det.state.values()] == steps_before
+    # With masks too (both optimizers would step): nothing moves.
+    assert torch.isnan(train_step(adapted, optimizers, nan_loss, images, labels, masks, text))
+    for adapters, kept in ((adapted.det_adapters, before), (adapted.seg_adapters, seg_before)):
+        for name, value in adapters.state_dict().items():
+            assert torch.equal(value, kept[name])
 
 
 def test_training_warns_with_the_count_of_skipped_steps(data, tmp_path, monkeypatch, recwarn):
@@ -340,11 +349,22 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_resume_continues_as_if_uninterrupt
 
 def test_ctrl_c_in_zero_shot_training_keeps_the_checkpoint(data, tmp_path, monkeypatch, capsys):
     save = tmp_path / 'ckpt'
-    interrupt_at_step(train_zero, monkeypatch, at=0)  # the first evaluation has already saved a checkpoint
+    models = []
+
+    def interrupted(model, *args, **kwargs):  # the first step: the first evaluation has already saved a checkpoint
+        models.append(model)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_zero, 'train_step', interrupted)
     assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '1']) == 130
     intact = f'interrupted: the best checkpoint so far is intact at {save / "Liver.pth"}'
     assert last_line(capsys.readouterr().err) == intact
-    read_checkpoint(save / 'Liver.pth')
+    # The checkpoint holds exactly the adapters that were scored: those of the model, untouched by any step.
+    saved = read_checkpoint(save / 'Liver.pth')
+    for key in ('seg_adapters', 'det_adapters'):
+        expected = getattr(models[0], key).state_dict()
+        assert set(saved[key]) == set(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(saved[key][name], tensor), (key, name)
 
 
 # ---------------------------------------------------------------- 5. CLIP weights
