@@ -38,13 +38,17 @@ def sentences(prompts: dict) -> List[str]:
             for state in prompts['state_normal'] + prompts['state_abnormal'] for template in prompts['templates']]
 
 
-def read_full(full: Path) -> Dict[str, np.ndarray]:
-    """All arrays of the full folder under the keys `parity.arrays()` uses, token embedding not yet trimmed."""
+def fixture_arrays(full: Path) -> Dict[str, np.ndarray]:
+    """What `parity.arrays()` must give for the full folder: all its arrays, under the keys that names,
+    with the token embedding cut to the rows the prompts tokenize to (start, end and padding included)."""
     arrays = {}
     with np.load(full / 'expected.npz') as data:
         arrays.update({f'expected/{key}': data[key] for key in data.files})
-    weights = torch.load(full / f'{parity.CLIP_WEIGHTS}.pt', weights_only=True)
-    arrays.update({f'{parity.CLIP_WEIGHTS}/{key}': value.numpy() for key, value in weights.items()})
+    rows = np.unique(open_clip.tokenize(sentences(json.loads((full / 'prompts.json').read_text()))).numpy())
+    for key, value in torch.load(full / f'{parity.CLIP_WEIGHTS}.pt', weights_only=True).items():
+        arrays[f'{parity.CLIP_WEIGHTS}/{key}'] = value.numpy()[rows] if key == parity.TOKEN_EMBEDDING else value.numpy()
+        if key == parity.TOKEN_EMBEDDING:
+            arrays[f'{parity.CLIP_WEIGHTS}/{parity.TOKEN_ROWS}'] = rows
     for name in parity.ADAPTERS:
         checkpoint = torch.load(full / f'{name}.pth', weights_only=True)
         arrays.update({f'{name}/{key}/{param}': value.numpy()
@@ -52,20 +56,8 @@ def read_full(full: Path) -> Dict[str, np.ndarray]:
     return arrays
 
 
-def trim_token_embedding(arrays: Dict[str, np.ndarray], prompts: dict) -> None:
-    """Keep the rows the prompts tokenize to (start, end and padding tokens included)."""
-    rows = np.unique(open_clip.tokenize(sentences(prompts)).numpy())
-    key = f'{parity.CLIP_WEIGHTS}/{parity.TOKEN_EMBEDDING}'
-    trimmed = {}
-    for name, value in arrays.items():
-        trimmed[name] = value[rows] if name == key else value
-        if name == key:
-            trimmed[f'{parity.CLIP_WEIGHTS}/{parity.TOKEN_ROWS}'] = rows
-    arrays.clear()
-    arrays.update(trimmed)
-
-
 def planes(bits: np.ndarray, order: int) -> np.ndarray:
+    """The 4 byte planes (4, n) of `bits` after `order` differences."""
     for _ in range(order):
         bits = np.diff(bits, prepend=np.uint32(0))  # wraps around; parity.decode sums back
     return np.ascontiguousarray(bits.astype('<u4').view(np.uint8).reshape(-1, 4).T)
@@ -122,14 +114,11 @@ def check_model(full: Path, prompts: dict) -> None:
 
 
 def check(full: Path) -> None:
-    prompts = json.loads((full / 'prompts.json').read_text())
-    arrays = read_full(full)
-    trim_token_embedding(arrays, prompts)
-    ours = parity.arrays()
+    arrays, ours = fixture_arrays(full), parity.arrays()
     assert list(ours) == list(arrays), 'keys differ'
     assert all(same(ours[key], value) for key, value in arrays.items()), 'values differ'
     check_files(full)
-    check_model(full, prompts)
+    check_model(full, json.loads((full / 'prompts.json').read_text()))
 
 
 def main() -> None:
@@ -138,9 +127,7 @@ def main() -> None:
     parser.add_argument('--check', action='store_true', help='only verify the fixture against it')
     args = parser.parse_args()
     if not args.check:
-        arrays = read_full(args.full)
-        trim_token_embedding(arrays, json.loads((args.full / 'prompts.json').read_text()))
-        parity.ARRAYS.write_bytes(encode(arrays))
+        parity.ARRAYS.write_bytes(encode(fixture_arrays(args.full)))
         for name in COPIED:
             shutil.rmtree(parity.FOLDER / name, ignore_errors=True)
         for path in copied_files(args.full):
