@@ -1,10 +1,11 @@
-"""Faithfulness: every output of the authors' code in ../shared/parity/expected.npz, reproduced.
+"""Faithfulness: every output of the authors' code in the parity fixture (tests/parity), reproduced.
 
-Tolerances are those of ../shared/parity/README.md, except where a test says why.
+Tolerances are those of tests/parity/README.md, except where a test says why.
 """
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,22 +126,22 @@ def test_few_shot_test(parity_model, parity_clip, expected, parity_settings, obj
 
 
 @pytest.mark.parametrize('obj,batch_size', [('Brain', 4), ('Chest', 1)])
-def test_few_shot_test_trained(parity_model, parity_clip, expected, parity_settings, obj, batch_size):
-    load_adapters(parity_model, PARITY / 'adapters_trained.pth')
+def test_few_shot_test_trained(parity_model, parity_clip, expected, parity_settings, parity_files, obj, batch_size):
+    load_adapters(parity_model, parity_files / 'adapters_trained.pth')
     check_few_shot_test(parity_model, parity_clip, expected, 'test_few_trained', obj, parity_settings['shot'],
                         batch_size)
 
 
 @pytest.mark.parametrize('obj', ['Brain', 'Chest', 'Retina_OCT2017'])
-def test_zero_shot_test(parity_model, parity_clip, expected, obj):
-    load_adapters(parity_model, PARITY / 'adapters_trained.pth')
+def test_zero_shot_test(parity_model, parity_clip, expected, parity_files, obj):
+    load_adapters(parity_model, parity_files / 'adapters_trained.pth')
     data = MedTestDataset(PARITY / 'data', obj, 240)
     result = evaluate(parity_model, DataLoader(data, batch_size=3), text(parity_clip, obj), data.has_masks,
                       progress=False)
     assert_evaluation_matches(result, expected, f'test_zero/{obj}')
 
 
-def assert_adapters_match(model: MultiLevelAdaptedCLIP, reference_file: str) -> None:
+def assert_adapters_match(model: MultiLevelAdaptedCLIP, reference_file: Path) -> None:
     """Adapter weights equal the reference's after training.
 
     Adam divides each update by sqrt(v) + 1e-8, so a weight whose gradient is ~1e-11 moves by an
@@ -148,7 +149,7 @@ def assert_adapters_match(model: MultiLevelAdaptedCLIP, reference_file: str) -> 
     a few in a thousand such weights differ by more than 1e-5. All others must be within 1e-5,
     and none may be off by more than a few Adam steps of lr 1e-3.
     """
-    reference = torch.load(PARITY / reference_file, weights_only=True)
+    reference = torch.load(reference_file, weights_only=True)
     differences = torch.cat([(getattr(model, key).state_dict()[name] - weight).abs().flatten()
                              for key in ('seg_adapters', 'det_adapters') for name, weight in reference[key].items()])
     assert (differences > WEIGHT_TOL).float().mean().item() < 5e-3
@@ -163,7 +164,7 @@ def few_shot_training_set(data: MedDataset):
     return torch.cat([abnormal, normal]), torch.cat([abnormal_masks, normal_masks]), labels
 
 
-def test_few_shot_training_steps(parity_model, parity_clip, expected, parity_settings):
+def test_few_shot_training_steps(parity_model, parity_clip, expected, parity_settings, parity_files):
     """Brain's steps from the initial adapters, then Chest's, each with fresh optimizers; then the
     trained adapters score the test sets as the reference's trained adapters do."""
     for obj, reference_file in (('Brain', 'adapters_after_train_few_Brain.pth'), ('Chest', 'adapters_trained.pth')):
@@ -175,12 +176,12 @@ def test_few_shot_training_steps(parity_model, parity_clip, expected, parity_set
                              masks[[i]] if data.has_masks else None, features).item()
                   for i in expected[f'train_few/{obj}/order']]
         np.testing.assert_allclose(losses, expected[f'train_few/{obj}/losses'], rtol=1e-4)
-        assert_adapters_match(parity_model, reference_file)
+        assert_adapters_match(parity_model, parity_files / reference_file)
     for obj in ('Brain', 'Chest'):
         check_few_shot_test(parity_model, parity_clip, expected, 'test_few_trained', obj, parity_settings['shot'], 5)
 
 
-def test_zero_shot_training_steps(parity_model, parity_clip, expected):
+def test_zero_shot_training_steps(parity_model, parity_clip, expected, parity_files):
     for obj in ('Liver', 'Histopathology'):
         data = MedTestDataset(PARITY / 'data', obj, 240)
         image, label, mask = data[int(expected[f'train_zero/{obj}/idx'][0])]
@@ -188,7 +189,7 @@ def test_zero_shot_training_steps(parity_model, parity_clip, expected):
         loss = train_step(parity_model, optimizers, MVFALoss(240), image[None], torch.tensor([label]),
                           mask[None] if data.has_masks else None, text(parity_clip, obj)).item()
         assert loss == pytest.approx(float(expected[f'train_zero/{obj}/loss']), rel=1e-4)
-    reference = torch.load(PARITY / 'adapters_after_train_zero.pth', weights_only=True)
+    reference = torch.load(parity_files / 'adapters_after_train_zero.pth', weights_only=True)
     for key in ('seg_adapters', 'det_adapters'):
         for name, weight in reference[key].items():
             close(getattr(parity_model, key).state_dict()[name], weight, WEIGHT_TOL)

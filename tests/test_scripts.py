@@ -64,8 +64,8 @@ def test_test_zero_reproduces_the_selected_step(trained, capsys):
 
 @pytest.mark.parametrize('script,extra', [(test_few, ['--shot', '2', '--obj', 'Brain']),
                                           (test_zero, ['--obj', 'Brain'])])
-def test_scores_do_not_depend_on_the_batch_size(parity_args, script, extra, tmp_path):
-    shutil.copy(PARITY / 'adapters_init.pth', tmp_path / 'Brain.pth')
+def test_scores_do_not_depend_on_the_batch_size(parity_args, parity_files, script, extra, tmp_path):
+    shutil.copy(parity_files / 'adapters_init.pth', tmp_path / 'Brain.pth')
     seed_lists = ['--fewshot_seed_dir', str(PARITY / 'fewshot_seed')] if script is test_few else []
     flags = parity_args + extra + seed_lists + ['--save_path', str(tmp_path)]
     one, four = script.main(flags + ['--batch_size', '1']), script.main(flags + ['--batch_size', '4'])
@@ -74,9 +74,9 @@ def test_scores_do_not_depend_on_the_batch_size(parity_args, script, extra, tmp_
     assert one.image_auroc == four.image_auroc and one.pixel_auroc == four.pixel_auroc
 
 
-def test_the_reference_checkpoint_scores_as_the_reference(parity_args, expected, tmp_path):
+def test_the_reference_checkpoint_scores_as_the_reference(parity_args, parity_files, expected, tmp_path):
     """test_few.py on the reference's trained adapters gives the reference's AUROCs."""
-    shutil.copy(PARITY / 'adapters_trained.pth', tmp_path / 'Brain.pth')
+    shutil.copy(parity_files / 'adapters_trained.pth', tmp_path / 'Brain.pth')
     result = test_few.main(parity_args + ['--fewshot_seed_dir', str(PARITY / 'fewshot_seed'), '--save_path',
                                           str(tmp_path), '--obj', 'Brain', '--shot', '2'])
     assert result.image_auroc == pytest.approx(float(expected['test_few_trained/Brain/image_auc']), abs=1e-6)
@@ -132,8 +132,8 @@ def test_missing_checkpoint(parity_args, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checkpoint_that_does_not_fit(parity_args, capsys, tmp_path):
-    shutil.copy(PARITY / 'adapters_init.pth', tmp_path / 'Brain.pth')
+def test_checkpoint_that_does_not_fit(parity_args, parity_files, capsys, tmp_path):
+    shutil.copy(parity_files / 'adapters_init.pth', tmp_path / 'Brain.pth')
     argv = parity_args[:parity_args.index('--features_list')] + ['--features_list', '3', '6', '9', '--device', 'cpu']
     assert run(test_zero.main, argv + ['--obj', 'Brain', '--save_path', str(tmp_path)]) == 2
     line = error_line(capsys)
@@ -141,16 +141,27 @@ def test_checkpoint_that_does_not_fit(parity_args, capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['Brain.pth']
 
 
-def test_missing_seed_list_falls_back_to_a_seeded_random_draw(tmp_path):
+@pytest.mark.parametrize('default_folder', [False, True])
+def test_missing_seed_list_falls_back_to_a_seeded_random_draw(tmp_path, default_folder):
+    """An empty seed folder, or the default one (the authors' lists have no 3-shot list)."""
     import random
-    from dataset.medical_few import MedDataset
+    from dataset.medical_few import DEFAULT_SEED_DIR, MedDataset
+    seed_dir, shot = (DEFAULT_SEED_DIR, 3) if default_folder else (tmp_path, 2)
     draws = []
     for _ in range(2):
         random.seed(5)
-        with pytest.warns(UserWarning, match=str(tmp_path / 'Brain' / '2-shot.txt')):
-            data = MedDataset(PARITY / 'data', 'Brain', 56, 2, 0, tmp_path)
+        with pytest.warns(UserWarning, match=str(seed_dir / 'Brain' / f'{shot}-shot.txt')):
+            data = MedDataset(PARITY / 'data', 'Brain', 56, shot, 0, seed_dir)
         draws.append(data.support_images)
-    assert draws[0] == draws[1] and len(draws[0]) == 4
+    assert draws[0] == draws[1] and len(draws[0]) == 2 * shot
+
+
+def test_the_authors_seed_lists_are_the_default():
+    """dataset/fewshot_seed holds the authors' lists, read without --fewshot_seed_dir: they name BMAD
+    images, which the parity data does not have."""
+    from dataset.medical_few import DEFAULT_SEED_DIR, DataError, MedDataset
+    with pytest.raises(DataError, match=str(DEFAULT_SEED_DIR / 'Brain' / '4-shot.txt')):
+        MedDataset(PARITY / 'data', 'Brain', 56, 4, 0)
 
 
 @pytest.mark.parametrize('script,flags', [(train_few, ['--obj', 'Brain', '--shot', '2', '--fewshot_seed_dir',
