@@ -59,8 +59,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                     evaluation = score(scored_loader)
                     if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
                         print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
-                with_masks = has_masks(train_set.sources[source])
-                losses.add(train_step(model, optimizers, loss_fn, images, labels, masks if with_masks else None,
+                source_masks = masks if has_masks(train_set.sources[source]) else None
+                losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks,
                                       source_text[source]))
             report_epoch(epoch, losses)
     except KeyboardInterrupt:

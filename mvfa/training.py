@@ -83,12 +83,12 @@ class AdapterOptimizers:
                                   for adapters in (model.seg_adapters, model.det_adapters))
             self.fused = False
 
-    def step(self, loss: Tensor, with_masks: bool) -> None:
+    def step(self, loss: Tensor, has_masks: bool) -> None:
         """Back-propagate `loss` and step; nothing moves when it is not finite."""
         self.seg.zero_grad(set_to_none=True)
         self.det.zero_grad(set_to_none=True)
         loss.backward()
-        optimizers = [self.det, self.seg] if with_masks else [self.det]
+        optimizers = [self.det, self.seg] if has_masks else [self.det]
         if self.fused:
             not_finite = (~torch.isfinite(loss)).float()
             for optimizer in optimizers:
@@ -117,7 +117,7 @@ def train_step(model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers, loss
         seg, det = tokens(inputs.to(device, non_blocking=True))
         loss = loss_fn(seg, det, text_features, labels.to(device, non_blocking=True).float(),
                        None if masks is None else masks.to(device, non_blocking=True))
-    optimizers.step(loss, with_masks=masks is not None)
+    optimizers.step(loss, has_masks=masks is not None)
     return loss.detach()
 
 
