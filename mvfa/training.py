@@ -77,11 +77,14 @@ class AdapterOptimizers:
         try:
             self.seg, self.det = (torch.optim.Adam(adapters.parameters(), lr=learning_rate, betas=betas, fused=True)
                                   for adapters in (model.seg_adapters, model.det_adapters))
-            self.fused = True
         except RuntimeError:  # torch has no fused Adam for this device
             self.seg, self.det = (torch.optim.Adam(adapters.parameters(), lr=learning_rate, betas=betas)
                                   for adapters in (model.seg_adapters, model.det_adapters))
-            self.fused = False
+
+    @property
+    def fused(self) -> bool:
+        """Read from the optimizers: a state loaded from a run made without fused Adam turns it off."""
+        return bool(self.det.param_groups[0].get('fused'))
 
     def step(self, loss: Tensor, has_masks: bool) -> None:
         """Back-propagate `loss` and step; nothing moves when it is not finite."""
