@@ -23,7 +23,7 @@ from mvfa.training import EpochLosses
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
-# Image-decoding processes of a CUDA run: past this the GPU no longer waits for images.
+# Image-decoding processes of a CUDA run (at most one per core).
 MAX_LOADER_WORKERS = 8
 # Problems with the user's input: reported as one line, never as a traceback.
 USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError)
@@ -70,9 +70,8 @@ class Session:
             return encode_text_with_prompt_ensemble(self.model.clipmodel, obj, self.device).float()
 
     def loader_options(self) -> Dict:
-        """Worker processes on CUDA, where decoding images would otherwise starve the GPU (a GPU scores
-        BrainMRI's test set faster than one process decodes it); kept alive between the per-epoch
-        evaluations of training."""
+        """Worker processes on CUDA, where decoding images in the main process would leave the GPU
+        waiting; kept alive between the per-epoch evaluations of training."""
         if self.device.type != 'cuda':
             return {}
         return {'num_workers': min(MAX_LOADER_WORKERS, os.cpu_count() or 1), 'pin_memory': True,
