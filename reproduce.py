@@ -35,8 +35,8 @@ LEVELS = ('image', 'pixel')
 METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap', 'pixel_aupro')
 # Flags handed to the scripts unchanged: (flag, which scripts take it).
 PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
-                ('quick_gelu', 'all'), ('data_path', 'all'), ('device', 'all'), ('precision', 'all'),
-                ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+                ('quick_gelu', 'all'), ('adaptation', 'all'), ('data_path', 'all'), ('device', 'all'),
+                ('precision', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
 SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
                                   ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
 

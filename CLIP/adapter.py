@@ -20,6 +20,9 @@ from mvfa.config import PAPER, MVFAConfig
 LevelTokens = List[Tensor]
 # The precisions a model runs at, and the dtype fp16/bf16 autocast to.
 PRECISIONS = ('fp32', 'fp16', 'bf16')
+# 'adapter': MVFA's residual adapters, whose outputs re-enter the stream. 'projector': the paper's
+# Table 4 ablation, multi-level feature projectors that read the frozen stream and feed nothing back.
+ADAPTATIONS = ('adapter', 'projector')
 AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -83,11 +86,13 @@ class MultiLevelAdaptedCLIP(nn.Module):
     the tokens one `(B, 1 + L, embed_dim)` tensor per level, class token first.
     `seg_adapters` / `det_adapters` hold the only trainable weights; their state dicts are the
     authors' checkpoint format. With `fused_attention` (the default) the blocks run through
-    `fused_block`; False runs open_clip's own block forward.
+    `fused_block`; False runs open_clip's own block forward. With `adaptation='projector'` the
+    stream stays CLIP's own: each level's tokens are its fc1 of the frozen stream (fc2 is unused),
+    so each level is trained by its own losses alone.
     """
 
     def __init__(self, clip_model: CLIP, features: Sequence[int], fused_attention: bool = True,
-                 config: MVFAConfig = PAPER) -> None:
+                 config: MVFAConfig = PAPER, adaptation: str = 'adapter') -> None:
         super().__init__()
         visual = clip_model.visual
         check_plain_vit(visual)
@@ -96,8 +101,11 @@ class MultiLevelAdaptedCLIP(nn.Module):
         if not features or features != sorted(set(features)) or not 1 <= features[0] <= features[-1] <= depth:
             raise ValueError(f'features_list {features} must be increasing block indices within 1..{depth} '
                              f'(this model has {depth} blocks)')
+        if adaptation not in ADAPTATIONS:
+            raise ValueError(f'adaptation must be one of {", ".join(ADAPTATIONS)}, got {adaptation!r}')
         clip_model.requires_grad_(False)
         self.clipmodel = clip_model
+        self.adaptation = adaptation
         self.image_encoder = visual
         self.features = features
         self.config = config
@@ -174,14 +182,14 @@ class MultiLevelAdaptedCLIP(nn.Module):
         """Adapters and the blocks between them, on a `frozen_stream`.
 
         Returns the stream after the last level, or with `last_stream=False` None, sparing the
-        last level's fc2 layers, which only that stream reads.
+        last level's fc2 layers, which only that stream reads. Projectors leave the stream as it is.
         """
         seg_tokens, det_tokens = [], []
         last_level = len(self.features) - 1
         for level, (seg_adapter, det_adapter) in enumerate(zip(self.seg_adapters, self.det_adapters)):
             if level > 0:
                 stream = self.run_blocks(stream, self.features[level - 1], self.features[level])
-            map_back = last_stream or level < last_level
+            map_back = self.adaptation == 'adapter' and (last_stream or level < last_level)
             seg, seg_back = seg_adapter(stream, map_back)
             det, det_back = det_adapter(stream, map_back)
             seg_tokens.append(seg)

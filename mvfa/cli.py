@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from CLIP.adapter import ADAPTATIONS
 from dataset.bmad import OBJECTS
 from dataset.medical_few import DEFAULT_SEED_DIR
 from mvfa.config import PAPER
@@ -26,6 +27,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help='autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere')
     p.add_argument('--quick_gelu', action='store_true',
                    help="QuickGELU, as OpenAI trained CLIP (the authors' numbers use exact GELU)")
+    p.add_argument('--adaptation', choices=ADAPTATIONS, default='adapter',
+                   help="'adapter': MVFA's residual adapters; 'projector': the paper's Table 4 ablation, "
+                        "projectors of the frozen stream that feed nothing back")
 
 
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,

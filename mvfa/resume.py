@@ -27,8 +27,8 @@ from mvfa.training import AdapterOptimizers
 # Per-pixel arrays of an evaluation, left out of the resume state for their size.
 PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
 # Flags that change what training does: resuming under other values would mix two runs.
-TRAINING_FLAGS = ('obj', 'model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'seed', 'shot',
-                  'iterate', 'fewshot_seed_dir', 'learning_rate', 'batch_size', 'selection')
+TRAINING_FLAGS = ('obj', 'model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation', 'seed',
+                  'shot', 'iterate', 'fewshot_seed_dir', 'learning_rate', 'batch_size', 'selection')
 
 
 def resume_path(checkpoint: Path) -> Path:

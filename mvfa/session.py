@@ -37,7 +37,7 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
     clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
     try:
-        model = MultiLevelAdaptedCLIP(clip, args.features_list)
+        model = MultiLevelAdaptedCLIP(clip, args.features_list, adaptation=args.adaptation)
     except ValueError as error:
         raise DataError(str(error)) from None
     if adapters is not None:
