@@ -51,6 +51,7 @@ from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
 from mvfa.config import PAPER
 from mvfa.cli import add_model_arguments
+from mvfa.flags import FlagParser
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session, run
 from mvfa.visualize import to_uint8, write_panel
@@ -215,8 +216,8 @@ def write_heatmap(path: Path, image: Tensor, heatmap: Tensor) -> None:
     write_panel(path, to_uint8(image.permute(1, 2, 0).numpy()), heatmap.clamp(0, 1).numpy())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> FlagParser:
+    p = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('inputs', nargs='+', type=Path, help='image files or folders to score')
     p.add_argument('--checkpoint', type=Path, required=True,
                    help="adapter weights (.pth, ours or the authors'); a zero-shot one with --reference: normal-only")

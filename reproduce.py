@@ -24,6 +24,7 @@ import train_zero
 from dataset.objects import OBJECTS
 from mvfa.checkpoint import sidecar_path
 from mvfa.cli import add_model_arguments
+from mvfa.flags import FlagParser
 from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.selection import SELECTION_MODES
@@ -62,7 +63,7 @@ class Run:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__.splitlines()[0])
     p.add_argument('--obj', nargs='+', default=['all'], choices=('all',) + OBJECTS, help="objects, or 'all'")
     p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS)
     p.add_argument('--shots', type=int, nargs='+', default=[4],
@@ -84,10 +85,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
     p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
     p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
-    args = p.parse_args(argv)
-    if args.random_draws is not None and args.random_draws < 1:
-        p.error('--random_draws must be at least 1')
-    return args
+    return p.parse_args(argv)
 
 
 def plan(args: argparse.Namespace) -> List[Run]:

@@ -12,9 +12,11 @@ import torch
 from torch import Tensor
 
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
+from CLIP.factory import check_image_size
 from dataset.bmad import DataError
 from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
+from mvfa.flags import FlagError
 from mvfa.results import flag_values, write_results
 from mvfa.runtime import DeviceError, configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
@@ -23,7 +25,7 @@ from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
 # Problems with the user's input: reported as one line, never as a traceback.
-USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError)
+USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError, FlagError)
 
 
 def build_model(args: argparse.Namespace, device: torch.device, precision: str,
@@ -49,6 +51,8 @@ class Session:
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
+        # Before the data is read and the checkpoint loaded: the model's config names its patch size.
+        check_image_size(args.model_name, args.img_size)
         setup_seed(args.seed)
         self.args = args
         self.device = pick_device(args.device)
