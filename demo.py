@@ -27,6 +27,7 @@ from dataset.objects import OBJECTS
 from mvfa.checkpoint import save_adapters
 from mvfa.cli import parser
 from mvfa.flags import FlagParser
+from mvfa.results import flag_values
 from mvfa.session import Session, run
 from mvfa.evaluation import Evaluation
 
@@ -98,7 +99,7 @@ def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: L
                   training=False).parse_args(model_flags)
     model = Session(args).load_model()
     for obj in objects:
-        save_adapters(model, folder / f'{obj}.pth', {'untrained': True, 'flags': model_flags})
+        save_adapters(model, folder / f'{obj}.pth', {'untrained': True, 'flags': flag_values(args)})
 
 
 def run_object(obj: str, args: argparse.Namespace, model_flags: List[str]) -> List[Row]:

@@ -50,6 +50,7 @@ from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
 from mvfa.config import PAPER
+from mvfa.checkpoint import adopt_model_flags
 from mvfa.cli import add_model_arguments
 from mvfa.flags import FlagParser
 from mvfa.memory_bank import build_memory_bank
@@ -232,7 +233,9 @@ def build_parser() -> FlagParser:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     """Score the inputs; returns the rows written to scores.csv / scores.json."""
-    args = build_parser().parse_args(argv)
+    arguments = build_parser()
+    args = arguments.parse_args(argv)
+    adopt_model_flags(args, arguments.given(argv), args.checkpoint)
     inputs = find_images(args.inputs, 'input')
     references = find_images(args.reference, 'reference') if args.reference else None
     session = Session(args)

@@ -22,7 +22,6 @@ import test_zero
 import train_few
 import train_zero
 from dataset.objects import OBJECTS
-from mvfa.checkpoint import sidecar_path
 from mvfa.cli import add_model_arguments
 from mvfa.flags import FlagParser
 from mvfa.session import run
@@ -131,25 +130,13 @@ def existing_checkpoint(task: Run, args: argparse.Namespace) -> Path:
     return shared if task.setting == 'few-shot' and not own.is_file() and shared.is_file() else own
 
 
-def record_selection(results: Path, checkpoint: Path) -> None:
-    """Name in a test run's results how its checkpoint was selected (from the sidecar; else 'unknown')."""
-    sidecar = sidecar_path(checkpoint)
-    made = json.loads(sidecar.read_text(encoding='utf-8')) if sidecar.is_file() else {}
-    record = json.loads(results.read_text(encoding='utf-8'))
-    record.update(selection=made.get('selection', 'unknown'), selected=made.get('step'), checkpoint=str(checkpoint))
-    results.write_text(json.dumps(record, indent=2), encoding='utf-8')
-
-
 def execute(task: Run, args: argparse.Namespace) -> Dict:
     """Run one task through its script and return its results record."""
     checkpoint = existing_checkpoint(task, args) if args.skip_train else None
     argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
     print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw}: {" ".join(argv)}', flush=True)
     SCRIPTS[task.setting, not args.skip_train](argv)
-    results = task.results_path(args.results_dir)
-    if checkpoint is not None:
-        record_selection(results, checkpoint)
-    return json.loads(results.read_text(encoding='utf-8'))
+    return json.loads(task.results_path(args.results_dir).read_text(encoding='utf-8'))
 
 
 # ---------------------------------------------------------------- the summary table
@@ -173,7 +160,8 @@ def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float
 def object_row(setting: str, shot: int, obj: str, records: List[Dict]) -> Dict:
     """One object's line: our metrics (%) over its draws, the published AUROCs and our difference."""
     row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES[obj],
-           'selection': '/'.join(sorted({str(r['selection']) for r in records})), 'draws': len(records)}
+           # A checkpoint without a sidecar (the authors') does not say how it was selected.
+           'selection': '/'.join(sorted({r['selection'] or 'unknown' for r in records})), 'draws': len(records)}
     for metric in METRICS:
         row[f'{metric}_mean'], row[f'{metric}_std'] = mean_and_std([percent(r.get(metric)) for r in records])
     for source in SOURCES:

@@ -76,7 +76,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
             save_resume_state(resume_file, model, optimizers, epoch, selection, args)
     except KeyboardInterrupt:
         raise Interrupted(selection, session.checkpoint_path()) from None
-    return finish_training(args, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}')
+    return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}',
+                           data.images, data.support_images)
 
 
 if __name__ == '__main__':

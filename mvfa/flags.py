@@ -3,8 +3,9 @@ is loaded or any file written. Light on purpose (no torch): scripts parse before
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Set
 
 
 class FlagError(ValueError):
@@ -54,6 +55,14 @@ class FlagParser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         check(vars(parsed))
         return parsed
+
+    def given(self, args: Optional[Sequence[str]] = None) -> Set[str]:
+        """The `dest` of every flag written on the command line `args`, even at its default value."""
+        unset = object()
+        probe = copy.deepcopy(self)
+        probe.set_defaults(**{action.dest: unset for action in probe._actions})
+        parsed = argparse.ArgumentParser.parse_args(probe, args)
+        return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def parse_or_exit(parser: FlagParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

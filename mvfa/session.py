@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ from dataset.bmad import DataError
 from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
 from mvfa.flags import FlagError
-from mvfa.results import flag_values, write_results
+from mvfa.results import Provenance, flag_values, write_results
 from mvfa.runtime import DeviceError, configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
 from mvfa.training import EpochLosses
@@ -42,6 +42,11 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     if adapters is not None:
         load_adapters(model, checkpoint, adapters)
     return model.to(device).set_precision(precision)
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The adapters of --obj under --save_path."""
+    return Path(args.save_path) / f'{args.obj}.pth'
 
 
 class Session:
@@ -75,7 +80,12 @@ class Session:
         return {'num_workers': 4, 'pin_memory': True} if self.device.type == 'cuda' else {}
 
     def checkpoint_path(self) -> Path:
-        return Path(self.args.save_path) / f'{self.args.obj}.pth'
+        return checkpoint_path(self.args)
+
+    def provenance(self, images: Sequence[Path], selection: Optional[str], selected: Optional[str],
+                   support: Optional[Sequence[Path]] = None, checkpoint: Optional[Path] = None) -> Provenance:
+        """How this session's numbers were made, for its results file."""
+        return Provenance(images, str(self.device), self.precision, selection, selected, support, checkpoint)
 
     def adapter_saver(self, setting: str) -> Optional[Callable[[MultiLevelAdaptedCLIP, Dict], None]]:
         """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
@@ -94,12 +104,14 @@ def report_epoch(epoch: int, losses: EpochLosses) -> None:
     print(f'epoch {epoch}: loss {mean:.4f}')
 
 
-def finish_training(args: argparse.Namespace, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
-                    test: Callable[[], Evaluation], last_step: str) -> Evaluation:
-    """Score the selected state on the test set, print it and write the results file."""
+def finish_training(session: Session, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
+                    test: Callable[[], Evaluation], last_step: str, images: Sequence[Path],
+                    support: Optional[Sequence[Path]] = None) -> Evaluation:
+    """Score the selected state on the test set (`images`), print it and write the results file."""
+    args = session.args
     result, step = selection.tested(model, test, last_step)
     print(f'test set, {step}:\n{result.report(args.obj)}')
-    write_results(args, setting, result, selected=step)
+    write_results(args, setting, result, session.provenance(images, args.selection, step, support))
     return result
 
 
