@@ -23,7 +23,7 @@ import train_few
 import train_zero
 from dataset.objects import OBJECTS
 from mvfa.cli import add_model_arguments
-from mvfa.flags import FlagParser
+from mvfa.flags import FlagParser, flag_text
 from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.selection import SELECTION_MODES
@@ -37,6 +37,11 @@ METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap',
 PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
                 ('quick_gelu', 'all'), ('data_path', 'all'), ('device', 'all'), ('precision', 'all'),
                 ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+# Where the authors' released checkpoints go (the test scripts' defaults); --skip_train falls back to them.
+RELEASED = {'zero-shot': Path(test_few.ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(test_few.FEW_SHOT_CHECKPOINTS)}
+# What summary.md and summary.csv say first about how the numbers were made: (label, flag).
+MADE_WITH = (('model', 'model_name'), ('weights', 'pretrain'), ('image size', 'img_size'),
+             ('adapted blocks', 'features_list'), ('epochs', 'epoch'), ('data', 'data_path'))
 SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
                                   ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
 
@@ -75,10 +80,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="model selection of training (see train_few.py --help); 'test' as the paper. "
                         "With --skip_train the checkpoint's sidecar names it")
     p.add_argument('--skip_train', action='store_true',
-                   help='test existing checkpoints instead of training (few-shot: <ckpt_dir>/few-shot/'
-                        '<k>shot_<draw>/<Obj>.pth, else <ckpt_dir>/few-shot/<Obj>.pth as the authors ship them)')
+                   help='test existing checkpoints instead of training (<ckpt_dir>/zero-shot/<Obj>.pth, '
+                        '<ckpt_dir>/few-shot/<k>shot_<draw>/<Obj>.pth; where missing, the authors\' released '
+                        '<Obj>.pth)')
     p.add_argument('--results_dir', type=Path, default=Path('results'))
-    p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt'))
+    p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt/reproduce'),
+                   help="folder of this script's checkpoints: away from the authors' released ones in "
+                        f"{RELEASED['zero-shot']}/ and {RELEASED['few-shot']}/")
     add_model_arguments(p)
     p.add_argument('--epoch', type=int, help="training epochs (default: the scripts' 50)")
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
@@ -124,10 +132,10 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
 
 
 def existing_checkpoint(task: Run, args: argparse.Namespace) -> Path:
-    """The checkpoint --skip_train tests: the run's own, else the authors' one-per-object few-shot one."""
+    """The checkpoint --skip_train tests: the run's own, else the authors' released one (one per object)."""
     own = task.save_path(args.ckpt_dir) / f'{task.obj}.pth'
-    shared = args.ckpt_dir / task.setting / f'{task.obj}.pth'
-    return shared if task.setting == 'few-shot' and not own.is_file() and shared.is_file() else own
+    released = RELEASED[task.setting] / f'{task.obj}.pth'
+    return released if not own.is_file() and released.is_file() else own
 
 
 def execute(task: Run, args: argparse.Namespace) -> Dict:
@@ -224,12 +232,33 @@ def table_title(setting: str, shot: int) -> str:
     return f'Few-shot, k = {shot} ({source})'
 
 
-def markdown(rows: List[Dict]) -> str:
+def made_with(records: List[Dict]) -> Dict[str, str]:
+    """How the summarised numbers were made, from the results files: each value the runs used,
+    joined with ' / ' where they differ ('–' where no results file records it)."""
+    def values(read: Callable[[Dict], object]) -> str:
+        found = dict.fromkeys(flag_text(read(r)) for r in records if read(r) is not None)
+        return ' / '.join(found) or '–'
+    made = {label: values(lambda r, flag=flag: r.get('flags', {}).get(flag)) for label, flag in MADE_WITH}
+    made.update(device=values(lambda r: r.get('device')), precision=values(lambda r: r.get('precision')),
+                selection=values(lambda r: r.get('selection') or 'unknown'))
+    return made
+
+
+def made_with_text(made: Dict[str, str]) -> str:
+    text = 'Made with: ' + ', '.join(f'{label} {value}' for label, value in made.items()) + '.'
+    if 'none' in made['weights'].lower().split(' / '):
+        text += ' **Random CLIP weights (--pretrain none): these numbers say nothing about the paper.**'
+    return text
+
+
+def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
     header = ['Object', 'Selection', 'Draws']
     for level in LEVELS:
         header += [f'{level.capitalize()} AUROC', 'Paper', "Authors' re-run", 'Ours − paper']
-    lines = ['# MVFA reproduction: AUROC (%)', '',
-             f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
+    lines = ['# MVFA reproduction: AUROC (%)', '']
+    if made is not None:
+        lines += [made_with_text(made), '']
+    lines += [f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
              '(no ± for one draw). Selection: the model selection each number used (test: best epoch on the '
              'test set, as the paper; valid: best on valid/ minus the support images; last: final epoch). '
              'Pixel AUROC only for the objects with masks; the Average row averages the objects shown.']
@@ -249,13 +278,15 @@ def markdown(rows: List[Dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_summary(rows: List[Dict], results_dir: Path) -> None:
+def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> None:
+    """summary.md opens with how the numbers were made; summary.csv's rows open with it."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / 'summary.md').write_text(markdown(rows), encoding='utf-8')
+    (results_dir / 'summary.md').write_text(markdown(rows, made), encoding='utf-8')
+    described = [{**made, **row} for row in rows]
     with open(results_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
         writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
     print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
 
 
@@ -264,8 +295,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     runs = plan(args)
     records = [execute(task, args) for task in runs]
     rows = summarise(runs, records)
-    write_summary(rows, args.results_dir)
-    print(markdown(rows))
+    made = made_with(records)
+    write_summary(rows, made, args.results_dir)
+    print(markdown(rows, made))
     return rows
 
 

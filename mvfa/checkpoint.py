@@ -11,6 +11,7 @@ from typing import Dict, Optional, Set
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
+from mvfa.flags import flag_text
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
 # The flags that shape the model: a checkpoint fits only the model it was trained with.
@@ -54,11 +55,6 @@ def adopt_model_flags(args: argparse.Namespace, given: Set[str], checkpoint: Pat
     return made
 
 
-def flag_text(value: object) -> str:
-    """A flag value as it is written on the command line."""
-    return ' '.join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +76,16 @@ def save_adapters(model: MultiLevelAdaptedCLIP, path: str | Path, metadata: Opti
     if metadata is not None:
         text = json.dumps(metadata, indent=2, default=str)
         atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
+
+
+def keep_previous(path: Path) -> None:
+    """Move the checkpoint at `path` and its sidecar aside as <Obj>.previous.pth / .json, saying so:
+    a new training run never silently replaces the adapters of an earlier one."""
+    previous = path.with_name(f'{path.stem}.previous{path.suffix}')
+    os.replace(path, previous)
+    if sidecar_path(path).is_file():
+        os.replace(sidecar_path(path), sidecar_path(previous))
+    print(f'{path} holds an earlier run\'s adapters: kept as {previous}')
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Dict[str, torch.Tensor]]:

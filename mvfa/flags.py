@@ -36,6 +36,11 @@ RULES: Dict[str, Rule] = {
 }
 
 
+def flag_text(value: object) -> str:
+    """A flag value as it is written on the command line."""
+    return ' '.join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def check(values: Dict[str, object]) -> None:
     """Raise FlagError for the first flag (or element of a list flag) outside its rule; None is 'not given'."""
     for name, value in values.items():

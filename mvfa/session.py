@@ -14,7 +14,7 @@ from torch import Tensor
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from CLIP.factory import check_image_size
 from dataset.bmad import DataError
-from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
+from mvfa.checkpoint import CheckpointError, keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
 from mvfa.flags import FlagError
 from mvfa.results import Provenance, flag_values, write_results
@@ -92,6 +92,9 @@ class Session:
         if self.args.save_model != 1:
             return None
         path = self.checkpoint_path()
+        # A resumed run's checkpoint is its own best so far.
+        if path.is_file() and not getattr(self.args, 'resume', False):
+            keep_previous(path)
         return lambda model, selection: save_adapters(
             model, path, {'setting': setting, **selection, 'flags': flag_values(self.args)})
 
