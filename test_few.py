@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
-from mvfa.checkpoint import CheckpointError, adopt_model_flags
+from mvfa.checkpoint import MODEL_FLAGS, CheckpointError, adopt_model_flags
 from mvfa.cli import parser
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.memory_bank import build_memory_bank
@@ -31,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     if args.save_path is None:
         args.save_path = ZERO_SHOT_CHECKPOINTS if args.normal_only else FEW_SHOT_CHECKPOINTS
     checkpoint = checkpoint_path(args)
-    made = adopt_model_flags(args, arguments.given(argv), checkpoint) or {}
+    made = adopt_model_flags(args, arguments.given(argv, MODEL_FLAGS), checkpoint) or {}
     if args.normal_only and made.get('setting') == 'few-shot':
         raise CheckpointError(f'{checkpoint} holds few-shot adapters, trained on abnormal images of their object: '
                               f'--normal_only needs zero-shot ones (--save_path {ZERO_SHOT_CHECKPOINTS})')

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from dataset.medical_zero import MedTestDataset
 from dataset.validate import validate_object
-from mvfa.checkpoint import adopt_model_flags
+from mvfa.checkpoint import MODEL_FLAGS, adopt_model_flags
 from mvfa.cli import parser
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.results import write_results
@@ -20,7 +20,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                        training=False)
     args = arguments.parse_args(argv)
     checkpoint = checkpoint_path(args)
-    made = adopt_model_flags(args, arguments.given(argv), checkpoint) or {}
+    made = adopt_model_flags(args, arguments.given(argv, MODEL_FLAGS), checkpoint) or {}
     session = Session(args)
     validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)

@@ -27,7 +27,8 @@ RULES: Dict[str, Rule] = {
     **{name: POSITIVE_INTEGER for name in (
         'batch_size', 'eval_batch_size', 'epoch', 'epochs', 'shot', 'shots', 'img_size', 'features_list',
         'n_test', 'n_valid', 'iterations', 'threads', 'workers', 'random_draws')},
-    'learning_rate': Rule(lambda value: value > 0, 'a positive number'),
+    # 0 is a run that does not learn: the untrained adapters, scored as training would.
+    'learning_rate': Rule(lambda value: value >= 0, 'a number >= 0'),
     'seed': SEED,
     'iterates': Rule(lambda value: value >= 0, 'a line of the seed lists: an integer from 0'),
     'n_images': Rule(lambda value: value >= 2, 'at least 2 (one normal and one abnormal image)'),
@@ -61,13 +62,13 @@ class FlagParser(argparse.ArgumentParser):
         check(vars(parsed))
         return parsed
 
-    def given(self, args: Optional[Sequence[str]] = None) -> Set[str]:
-        """The `dest` of every flag written on the command line `args`, even at its default value."""
+    def given(self, args: Optional[Sequence[str]], names: Sequence[str]) -> Set[str]:
+        """Those of the flags `names` (dests) written on the command line `args`, even at their default value."""
         unset = object()
         probe = copy.deepcopy(self)
-        probe.set_defaults(**{action.dest: unset for action in probe._actions})
+        probe.set_defaults(**{name: unset for name in names})
         parsed = argparse.ArgumentParser.parse_args(probe, args)
-        return {name for name, value in vars(parsed).items() if value is not unset}
+        return {name for name in names if getattr(parsed, name) is not unset}
 
 
 def parse_or_exit(parser: FlagParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

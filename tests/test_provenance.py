@@ -124,5 +124,16 @@ def test_a_new_training_run_keeps_the_earlier_checkpoint(data, tmp_path, capsys)
 
 def test_given_flags_are_those_on_the_command_line_even_at_their_default():
     p = parser('given', obj='Liver', save_path='x', few_shot=True, training=False)
-    assert p.given(['--img_size', '240', '--quick_gelu', '--shot', '4']) == {'img_size', 'quick_gelu', 'shot'}
-    assert p.given([]) == set()
+    names = ('img_size', 'quick_gelu', 'shot', 'model_name')
+    assert p.given(['--img_size', '240', '--quick_gelu', '--shot', '4'], names) == {'img_size', 'quick_gelu', 'shot'}
+    assert p.given([], names) == set()
+
+
+def test_predict_takes_its_inputs_anywhere_on_the_line(trained, data, tmp_path, capsys):
+    images = str(data / 'Liver_AD' / 'test' / 'good' / 'img')
+    argv = ['--checkpoint', str(trained / 'zero-shot' / 'Liver.pth'), '--obj', 'Liver', '--device', 'cpu']
+    after_dashes = predict.main(argv + ['--out', str(tmp_path / 'a'), '--features_list', '3', '9', '--', images])
+    with_flag = predict.main(argv + ['--input', images, '--out', str(tmp_path / 'b'), '--features_list', '3', '9'])
+    assert [row['score'] for row in after_dashes] == [row['score'] for row in with_flag] and len(with_flag) == 2
+    assert run(predict.main, argv + ['--out', str(tmp_path / 'c')]) == 2
+    assert 'no images to score' in capsys.readouterr().err and not (tmp_path / 'c').exists()
