@@ -22,7 +22,10 @@ import test_zero
 import train_few
 import train_zero
 from dataset.objects import OBJECTS
-from mvfa.cli import add_model_arguments
+from dataset.medical_few import DEFAULT_SEED_DIR
+from dataset.validate import validate_object
+from mvfa.checkpoint import CheckpointError
+from mvfa.cli import DATA_PATH, add_model_arguments
 from mvfa.flags import FlagParser, flag_text
 from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
@@ -136,6 +139,24 @@ def existing_checkpoint(task: Run, args: argparse.Namespace) -> Path:
     own = task.save_path(args.ckpt_dir) / f'{task.obj}.pth'
     released = RELEASED[task.setting] / f'{task.obj}.pth'
     return released if not own.is_file() and released.is_file() else own
+
+
+def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
+    """Before the first run starts: every run's data folders, support set and seed list, and with
+    --skip_train its checkpoint, so that a problem costs seconds instead of the runs before it
+    (each script then checks its images in full)."""
+    data_path, seed_dir = args.data_path or DATA_PATH, args.fewshot_seed_dir or DEFAULT_SEED_DIR
+    checks = set()
+    for task in runs:
+        if args.skip_train and not existing_checkpoint(task, args).is_file():
+            raise CheckpointError(f'--skip_train: no checkpoint at {existing_checkpoint(task, args)} for the '
+                                  f'{task.setting} run of {task.obj}: train it first (without --skip_train)')
+        if task.setting == 'few-shot':
+            checks.add((task.obj, task.shot, task.iterate))
+        else:  # zero-shot training reads every object's test split, testing the target's
+            checks.update((obj, None, None) for obj in (OBJECTS if not args.skip_train else [task.obj]))
+    for obj, shot, iterate in sorted(checks, key=str):
+        validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
 
 
 def execute(task: Run, args: argparse.Namespace) -> Dict:
@@ -293,6 +314,7 @@ def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
     runs = plan(args)
+    check_runs(runs, args)
     records = [execute(task, args) for task in runs]
     rows = summarise(runs, records)
     made = made_with(records)

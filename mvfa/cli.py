@@ -10,6 +10,8 @@ from mvfa.config import PAPER
 from mvfa.flags import FlagParser
 from mvfa.selection import SELECTION_MODES
 
+DATA_PATH = './data/'  # the authors' default --data_path
+
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that build the model and say where and how it runs (also predict.py's and reproduce.py's)."""
@@ -34,7 +36,7 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
     p = FlagParser(description=description)
     p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
-    p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
+    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
                    help='images per training step' if training
                    else 'images per inference batch (scores do not depend on it)')

@@ -1,6 +1,7 @@
 """Every numeric and choice flag is checked before a model is built or a file written (issue 14)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import List
 
@@ -154,3 +155,25 @@ def test_the_authors_defaults_pass():
     for few_shot in (False, True):
         for training in (False, True):
             parser('defaults', obj='Liver', save_path='x', few_shot=few_shot, training=training).parse_args([])
+
+
+@pytest.mark.parametrize('case', ['shot larger than the support', 'object folder missing', 'checkpoint missing'])
+def test_reproduce_checks_every_run_before_starting_any(case, data, tmp_path, capsys, monkeypatch):
+    copy = tmp_path / 'data'
+    shutil.copytree(data, copy)
+    argv = ['--obj', 'Brain', 'Liver', '--data_path', str(copy), '--fewshot_seed_dir', str(copy / 'fewshot_seed'),
+            '--results_dir', str(tmp_path / 'results'), '--ckpt_dir', str(tmp_path / 'ckpt'),
+            '--model_name', 'tiny-clip', '--pretrain', 'none', '--shots', '1']
+    words = {'shot larger than the support': '--shot 3 needs 3', 'object folder missing': 'Chest_AD does not exist',
+             'checkpoint missing': '--skip_train: no checkpoint at'}[case]
+    if case == 'shot larger than the support':
+        argv += ['--shots', '1', '3']  # the 3-shot runs come last: the 1-shot ones must not start
+    elif case == 'object folder missing':
+        shutil.rmtree(copy / 'Chest_AD')  # read by zero-shot training, not a target here
+    else:
+        argv += ['--skip_train']
+    monkeypatch.setattr(reproduce, 'SCRIPTS', {})  # any run started fails the test
+    assert run(reproduce.main, argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['data']
