@@ -119,12 +119,13 @@ def finish_training(session: Session, setting: str, selection: ModelSelection, m
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says what was kept."""
+    """Ctrl-C during training; the message says what was kept, `how_to_resume` how to go on (if one can)."""
 
-    def __init__(self, selection: ModelSelection, checkpoint: Path) -> None:
+    def __init__(self, selection: ModelSelection, checkpoint: Path, how_to_resume: Optional[str] = None) -> None:
         kept = selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
         super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
                          else 'no checkpoint was saved yet')
+        self.how_to_resume = how_to_resume
 
 
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
@@ -137,6 +138,9 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]]
         return 2
     except KeyboardInterrupt as error:
         # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
+        how_to_resume = getattr(error, 'how_to_resume', None)
+        if how_to_resume:
+            print(f'\n{how_to_resume}', end='', file=sys.stderr)
         print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
         return 130
     return 0
