@@ -95,7 +95,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
     p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
     p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar.
+    args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH])
+    return args
 
 
 def plan(args: argparse.Namespace) -> List[Run]:
@@ -126,7 +129,7 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
         argv += ['--selection', args.selection]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
-        takes_it = scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train)
+        takes_it = flag in args.given and (scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:

@@ -1,5 +1,5 @@
 """The range of every numeric flag, in one place, checked as the flags are parsed: before any model
-is loaded or any file written. Light on purpose (no torch): scripts parse before importing much."""
+is loaded or any file written. No torch here: gpu_check.py and dataset/synthetic.py parse without it."""
 from __future__ import annotations
 
 import argparse

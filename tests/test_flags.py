@@ -177,3 +177,12 @@ def test_reproduce_checks_every_run_before_starting_any(case, data, tmp_path, ca
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and words in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['data']
+
+
+def test_reproduce_hands_the_scripts_only_the_model_flags_given():
+    """So that --skip_train tests a checkpoint with the model flags of its sidecar."""
+    task = reproduce.plan(reproduce.parse_args(['--obj', 'Brain', '--settings', 'zero-shot']))[0]
+    plain = reproduce.script_argv(task, reproduce.parse_args(['--skip_train']), Path('ckpt'))
+    assert '--img_size' not in plain and '--model_name' not in plain
+    given = reproduce.script_argv(task, reproduce.parse_args(['--skip_train', '--img_size', '240']), Path('ckpt'))
+    assert given[given.index('--img_size') + 1] == '240'
