@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
-from CLIP.factory import check_image_size
+from CLIP.adapter import check_features
+from CLIP.factory import check_image_size, load_model_config
 from dataset.bmad import DataError
 from mvfa.checkpoint import CheckpointError, keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
@@ -49,6 +50,19 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     return Path(args.save_path) / f'{args.obj}.pth'
 
 
+def check_model_flags(args: argparse.Namespace) -> None:
+    """--img_size and --features_list against the model's config (its patch size and depth): checked
+    before the data is read, a checkpoint loaded or the model built."""
+    config = load_model_config(args.model_name)
+    check_image_size(args.model_name, args.img_size, config)
+    depth = config['vision_cfg'].get('layers')
+    if isinstance(depth, int):  # else not a ViT, which create_model reports
+        try:
+            check_features(args.features_list, depth)
+        except ValueError as error:
+            raise FlagError(str(error)) from None
+
+
 class Session:
     """Seed, device and precision from the shared flags; `load_model` builds the frozen CLIP and adapters.
 
@@ -56,8 +70,7 @@ class Session:
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
-        # Before the data is read and the checkpoint loaded: the model's config names its patch size.
-        check_image_size(args.model_name, args.img_size)
+        check_model_flags(args)
         setup_seed(args.seed)
         self.args = args
         self.device = pick_device(args.device)

@@ -65,6 +65,8 @@ BAD_FLAGS = {
     'test_zero seed -1': (test_zero, ['--seed', '-1'], '--seed must be an integer from 0'),
     'test_zero image smaller than a patch': (test_zero, ['--img_size', '10'],
                                              '--img_size must be at least the patch size of tiny-clip (14 px), got 10'),
+    'test_zero block beyond the model': (test_zero, ['--features_list', '3', '6', '9', '13'],
+                                         'features_list [3, 6, 9, 13] must be increasing block indices within 1..12'),
     'train_few image 0': (train_few, ['--img_size', '0'], '--img_size must be a positive integer, got 0'),
     'train_few device gpu': (train_few, ['--device', 'gpu'], "unknown --device 'gpu'"),
     'test_few device gpu': (test_few, ['--device', 'gpu'], "unknown --device 'gpu'"),
@@ -91,7 +93,8 @@ def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_written(case, data, tmp_
 def test_predict_refuses_bad_flags_before_writing_its_output_folder(extra, words, data, tmp_path, capsys):
     out = tmp_path / 'out'
     argv = ['--checkpoint', str(tmp_path / 'missing.pth'), '--obj', 'Liver', '--out', str(out),
-            '--model_name', 'tiny-clip', '--pretrain', 'none', str(data / 'Liver_AD' / 'test' / 'good' / 'img')]
+            '--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
+            '--input', str(data / 'Liver_AD' / 'test' / 'good' / 'img')]
     assert run(predict.main, argv + extra) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and words in err, err
