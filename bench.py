@@ -35,6 +35,7 @@ from CLIP import MultiLevelAdaptedCLIP, create_model
 from loss import MVFALoss
 from mvfa.config import PAPER
 from mvfa.evaluation import evaluate
+from mvfa.flags import FlagParser, parse_or_exit
 from mvfa.memory_bank import MemoryBank, build_memory_bank
 from mvfa.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_streams, frozen_streams, train_step
@@ -57,7 +58,7 @@ Bank = Union[MemoryBank, List[Tensor]]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__.splitlines()[0])
     p.add_argument('--model_name', default='ViT-L-14-336',
                    help='open_clip model name, a config name in CLIP/model_configs (e.g. tiny-clip), or a JSON path')
     p.add_argument('--pretrain', default='none', help="'none' (random weights: speed does not depend on them), "
@@ -73,10 +74,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each path (default: torch's)")
     p.add_argument('--seed', type=int, default=111)
     p.add_argument('--json', type=Path, default=None, help='also write the report to this JSON file')
-    args = p.parse_args(argv)
-    if args.n_images < 2:
-        p.error('--n_images must be at least 2 (one normal and one abnormal image)')
-    return args
+    return parse_or_exit(p, argv)
 
 
 # ----------------------------------------------------------------------------- workload

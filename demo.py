@@ -21,15 +21,19 @@ import test_few
 import test_zero
 import train_few
 import train_zero
+from CLIP.factory import check_image_size
 from dataset import synthetic
 from dataset.objects import OBJECTS
 from mvfa.checkpoint import save_adapters
 from mvfa.cli import parser
-from mvfa.session import Session
+from mvfa.flags import FlagParser
+from mvfa.results import flag_values
+from mvfa.session import Session, run
 from mvfa.evaluation import Evaluation
 
 # A 12-block CLIP with random weights: nothing to download, fast on a CPU.
-TINY_MODEL = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12']
+TINY = 'tiny-clip'
+TINY_MODEL = ['--model_name', TINY, '--pretrain', 'none', '--features_list', '3', '6', '9', '12']
 HEADER = 'synthetic data, random CLIP weights: these numbers say nothing about the paper'
 # Written beside the synthetic data: what it was generated with, and proof that the demo made the folder.
 DATA_RECORD = 'synthetic.json'
@@ -52,7 +56,7 @@ class Row:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__.splitlines()[0])
     p.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS,
                    help='objects to train and test (zero-shot training always reads the other five)')
     p.add_argument('--size', type=int, default=64, help='side of the synthetic images, pixels')
@@ -95,7 +99,7 @@ def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: L
                   training=False).parse_args(model_flags)
     model = Session(args).load_model()
     for obj in objects:
-        save_adapters(model, folder / f'{obj}.pth', {'untrained': True, 'flags': model_flags})
+        save_adapters(model, folder / f'{obj}.pth', {'untrained': True, 'flags': flag_values(args)})
 
 
 def run_object(obj: str, args: argparse.Namespace, model_flags: List[str]) -> List[Row]:
@@ -139,6 +143,7 @@ def verdict(rows: Sequence[Row], selection: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     args = parse_args(argv)
+    check_image_size(TINY, args.img_size)  # before the data is written
     prepare_data(args.data_path, args.size, args.n_test)
     model_flags = TINY_MODEL + ['--data_path', str(args.data_path), '--img_size', str(args.img_size),
                                 '--seed', str(args.seed)]
@@ -150,4 +155,4 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(run(main))

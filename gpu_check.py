@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from mvfa.flags import FlagParser, parse_or_exit
+
 REPO = Path(__file__).resolve().parent
 OBJ = 'Brain'
 # BrainMRI's test set has 3715 images; the synthetic set has as many of each class, 2 x 1858.
@@ -36,7 +38,7 @@ Figure = Union[float, str, None]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = FlagParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--device', default='cuda', help="'cuda' (or 'cuda:1'); 'cpu' to try the script without a GPU")
     p.add_argument('--model_name', default='ViT-L-14-336', help='as in the scripts, e.g. tiny-clip for a small run')
@@ -57,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--work_dir', type=Path, default=None,
                    help='keep the data, checkpoint and results here (default: a temporary folder, removed)')
     p.add_argument('--json', type=Path, default=None, help='also write the figures to this JSON file')
-    return p.parse_args(argv)
+    return parse_or_exit(p, argv)
 
 
 def progress(message: str) -> None:

@@ -50,7 +50,9 @@ from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
 from mvfa import scoring
 from mvfa.config import PAPER
+from mvfa.checkpoint import MODEL_FLAGS, adopt_model_flags
 from mvfa.cli import add_model_arguments
+from mvfa.flags import FlagError, FlagParser
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session, run
 from mvfa.visualize import to_uint8, write_panel
@@ -215,9 +217,13 @@ def write_heatmap(path: Path, image: Tensor, heatmap: Tensor) -> None:
     write_panel(path, to_uint8(image.permute(1, 2, 0).numpy()), heatmap.clamp(0, 1).numpy())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('inputs', nargs='+', type=Path, help='image files or folders to score')
+def build_parser() -> FlagParser:
+    p = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('inputs', nargs='*', type=Path,
+                   help='image files or folders to score; after a flag that takes several values '
+                        '(--reference, --features_list), put them after -- or give them with --input')
+    p.add_argument('--input', nargs='+', action='extend', type=Path, default=[], dest='input_paths',
+                   help='image files or folders to score, anywhere on the line (with or instead of the positional)')
     p.add_argument('--checkpoint', type=Path, required=True,
                    help="adapter weights (.pth, ours or the authors'); a zero-shot one with --reference: normal-only")
     p.add_argument('--obj', required=True, help='object for the text prompts: a BMAD object name or any free text')
@@ -231,8 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     """Score the inputs; returns the rows written to scores.csv / scores.json."""
-    args = build_parser().parse_args(argv)
-    inputs = find_images(args.inputs, 'input')
+    arguments = build_parser()
+    args = arguments.parse_args(argv)
+    adopt_model_flags(args, arguments.given(argv, MODEL_FLAGS), args.checkpoint)
+    if not args.inputs + args.input_paths:
+        raise FlagError('no images to score: name files or folders after the flags (or after --), or with --input')
+    inputs = find_images(args.inputs + args.input_paths, 'input')
     references = find_images(args.reference, 'reference') if args.reference else None
     session = Session(args)
     model = session.load_model(args.checkpoint)

@@ -22,8 +22,11 @@ import test_zero
 import train_few
 import train_zero
 from dataset.objects import OBJECTS
-from mvfa.checkpoint import sidecar_path
-from mvfa.cli import add_model_arguments
+from dataset.medical_few import DEFAULT_SEED_DIR
+from dataset.validate import validate_object
+from mvfa.checkpoint import CheckpointError
+from mvfa.cli import DATA_PATH, add_model_arguments
+from mvfa.flags import FlagParser, flag_text
 from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.selection import SELECTION_MODES
@@ -37,6 +40,11 @@ METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap',
 PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
                 ('quick_gelu', 'all'), ('adaptation', 'all'), ('data_path', 'all'), ('device', 'all'),
                 ('precision', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+# Where the authors' released checkpoints go (the test scripts' defaults); --skip_train falls back to them.
+RELEASED = {'zero-shot': Path(test_few.ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(test_few.FEW_SHOT_CHECKPOINTS)}
+# What summary.md and summary.csv say first about how the numbers were made: (label, flag).
+MADE_WITH = (('model', 'model_name'), ('weights', 'pretrain'), ('image size', 'img_size'),
+             ('adapted blocks', 'features_list'), ('epochs', 'epoch'), ('data', 'data_path'))
 SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
                                   ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
 
@@ -62,7 +70,7 @@ class Run:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__.splitlines()[0])
     p.add_argument('--obj', nargs='+', default=['all'], choices=('all',) + OBJECTS, help="objects, or 'all'")
     p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS)
     p.add_argument('--shots', type=int, nargs='+', default=[4],
@@ -75,18 +83,21 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="model selection of training (see train_few.py --help); 'test' as the paper. "
                         "With --skip_train the checkpoint's sidecar names it")
     p.add_argument('--skip_train', action='store_true',
-                   help='test existing checkpoints instead of training (few-shot: <ckpt_dir>/few-shot/'
-                        '<k>shot_<draw>/<Obj>.pth, else <ckpt_dir>/few-shot/<Obj>.pth as the authors ship them)')
+                   help='test existing checkpoints instead of training (<ckpt_dir>/zero-shot/<Obj>.pth, '
+                        '<ckpt_dir>/few-shot/<k>shot_<draw>/<Obj>.pth; where missing, the authors\' released '
+                        '<Obj>.pth)')
     p.add_argument('--results_dir', type=Path, default=Path('results'))
-    p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt'))
+    p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt/reproduce'),
+                   help="folder of this script's checkpoints: away from the authors' released ones in "
+                        f"{RELEASED['zero-shot']}/ and {RELEASED['few-shot']}/")
     add_model_arguments(p)
     p.add_argument('--epoch', type=int, help="training epochs (default: the scripts' 50)")
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
     p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
     p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
     args = p.parse_args(argv)
-    if args.random_draws is not None and args.random_draws < 1:
-        p.error('--random_draws must be at least 1')
+    # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar.
+    args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH])
     return args
 
 
@@ -118,7 +129,7 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
         argv += ['--selection', args.selection]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
-        takes_it = scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train)
+        takes_it = flag in args.given and (scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:
@@ -127,19 +138,28 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
 
 
 def existing_checkpoint(task: Run, args: argparse.Namespace) -> Path:
-    """The checkpoint --skip_train tests: the run's own, else the authors' one-per-object few-shot one."""
+    """The checkpoint --skip_train tests: the run's own, else the authors' released one (one per object)."""
     own = task.save_path(args.ckpt_dir) / f'{task.obj}.pth'
-    shared = args.ckpt_dir / task.setting / f'{task.obj}.pth'
-    return shared if task.setting == 'few-shot' and not own.is_file() and shared.is_file() else own
+    released = RELEASED[task.setting] / f'{task.obj}.pth'
+    return released if not own.is_file() and released.is_file() else own
 
 
-def record_selection(results: Path, checkpoint: Path) -> None:
-    """Name in a test run's results how its checkpoint was selected (from the sidecar; else 'unknown')."""
-    sidecar = sidecar_path(checkpoint)
-    made = json.loads(sidecar.read_text(encoding='utf-8')) if sidecar.is_file() else {}
-    record = json.loads(results.read_text(encoding='utf-8'))
-    record.update(selection=made.get('selection', 'unknown'), selected=made.get('step'), checkpoint=str(checkpoint))
-    results.write_text(json.dumps(record, indent=2), encoding='utf-8')
+def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
+    """Before the first run starts: every run's data folders, support set and seed list, and with
+    --skip_train its checkpoint, so that a problem costs seconds instead of the runs before it
+    (each script then checks its images in full)."""
+    data_path, seed_dir = args.data_path or DATA_PATH, args.fewshot_seed_dir or DEFAULT_SEED_DIR
+    checks = set()
+    for task in runs:
+        if args.skip_train and not existing_checkpoint(task, args).is_file():
+            raise CheckpointError(f'--skip_train: no checkpoint at {existing_checkpoint(task, args)} for the '
+                                  f'{task.setting} run of {task.obj}: train it first (without --skip_train)')
+        if task.setting == 'few-shot':
+            checks.add((task.obj, task.shot, task.iterate))
+        else:  # zero-shot training reads every object's test split, testing the target's
+            checks.update((obj, None, None) for obj in (OBJECTS if not args.skip_train else [task.obj]))
+    for obj, shot, iterate in sorted(checks, key=str):
+        validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
 
 
 def execute(task: Run, args: argparse.Namespace) -> Dict:
@@ -148,10 +168,7 @@ def execute(task: Run, args: argparse.Namespace) -> Dict:
     argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
     print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw}: {" ".join(argv)}', flush=True)
     SCRIPTS[task.setting, not args.skip_train](argv)
-    results = task.results_path(args.results_dir)
-    if checkpoint is not None:
-        record_selection(results, checkpoint)
-    return json.loads(results.read_text(encoding='utf-8'))
+    return json.loads(task.results_path(args.results_dir).read_text(encoding='utf-8'))
 
 
 # ---------------------------------------------------------------- the summary table
@@ -175,7 +192,8 @@ def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float
 def object_row(setting: str, shot: int, obj: str, records: List[Dict]) -> Dict:
     """One object's line: our metrics (%) over its draws, the published AUROCs and our difference."""
     row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES[obj],
-           'selection': '/'.join(sorted({str(r['selection']) for r in records})), 'draws': len(records)}
+           # A checkpoint without a sidecar (the authors') does not say how it was selected.
+           'selection': '/'.join(sorted({r['selection'] or 'unknown' for r in records})), 'draws': len(records)}
     for metric in METRICS:
         row[f'{metric}_mean'], row[f'{metric}_std'] = mean_and_std([percent(r.get(metric)) for r in records])
     for source in SOURCES:
@@ -238,12 +256,33 @@ def table_title(setting: str, shot: int) -> str:
     return f'Few-shot, k = {shot} ({source})'
 
 
-def markdown(rows: List[Dict]) -> str:
+def made_with(records: List[Dict]) -> Dict[str, str]:
+    """How the summarised numbers were made, from the results files: each value the runs used,
+    joined with ' / ' where they differ ('–' where no results file records it)."""
+    def values(read: Callable[[Dict], object]) -> str:
+        found = dict.fromkeys(flag_text(read(r)) for r in records if read(r) is not None)
+        return ' / '.join(found) or '–'
+    made = {label: values(lambda r, flag=flag: r.get('flags', {}).get(flag)) for label, flag in MADE_WITH}
+    made.update(device=values(lambda r: r.get('device')), precision=values(lambda r: r.get('precision')),
+                selection=values(lambda r: r.get('selection') or 'unknown'))
+    return made
+
+
+def made_with_text(made: Dict[str, str]) -> str:
+    text = 'Made with: ' + ', '.join(f'{label} {value}' for label, value in made.items()) + '.'
+    if 'none' in made['weights'].lower().split(' / '):
+        text += ' **Random CLIP weights (--pretrain none): these numbers say nothing about the paper.**'
+    return text
+
+
+def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
     header = ['Object', 'Selection', 'Draws']
     for level in LEVELS:
         header += [f'{level.capitalize()} AUROC', 'Paper', "Authors' re-run", 'Ours − paper']
-    lines = ['# MVFA reproduction: AUROC (%)', '',
-             f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
+    lines = ['# MVFA reproduction: AUROC (%)', '']
+    if made is not None:
+        lines += [made_with_text(made), '']
+    lines += [f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
              '(no ± for one draw). Selection: the model selection each number used (test: best epoch on the '
              'test set, as the paper; valid: best on valid/ minus the support images; last: final epoch). '
              'Pixel AUROC only for the objects with masks; the Average row averages the objects shown.']
@@ -263,23 +302,27 @@ def markdown(rows: List[Dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_summary(rows: List[Dict], results_dir: Path) -> None:
+def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> None:
+    """summary.md opens with how the numbers were made; summary.csv's rows open with it."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / 'summary.md').write_text(markdown(rows), encoding='utf-8')
+    (results_dir / 'summary.md').write_text(markdown(rows, made), encoding='utf-8')
+    described = [{**made, **row} for row in rows]
     with open(results_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
         writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
     print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
     runs = plan(args)
+    check_runs(runs, args)
     records = [execute(task, args) for task in runs]
     rows = summarise(runs, records)
-    write_summary(rows, args.results_dir)
-    print(markdown(rows))
+    made = made_with(records)
+    write_summary(rows, made, args.results_dir)
+    print(markdown(rows, made))
     return rows
 
 

@@ -7,11 +7,12 @@ from torch.utils.data import DataLoader
 
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
+from mvfa.checkpoint import MODEL_FLAGS, CheckpointError, adopt_model_flags
 from mvfa.cli import parser
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.memory_bank import build_memory_bank
 from mvfa.results import write_results
-from mvfa.session import Session, run
+from mvfa.session import Session, checkpoint_path, run
 from mvfa.visualize import save_evaluation_heatmaps
 from utils import augment
 
@@ -29,12 +30,17 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     args = arguments.parse_args(argv)
     if args.save_path is None:
         args.save_path = ZERO_SHOT_CHECKPOINTS if args.normal_only else FEW_SHOT_CHECKPOINTS
+    checkpoint = checkpoint_path(args)
+    made = adopt_model_flags(args, arguments.given(argv, MODEL_FLAGS), checkpoint) or {}
+    if args.normal_only and made.get('setting') == 'few-shot':
+        raise CheckpointError(f'{checkpoint} holds few-shot adapters, trained on abnormal images of their object: '
+                              f'--normal_only needs zero-shot ones (--save_path {ZERO_SHOT_CHECKPOINTS})')
     session = Session(args)
     validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
                     normal_only=args.normal_only)
     data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
                       normal_only=args.normal_only)
-    model = session.load_model(session.checkpoint_path())
+    model = session.load_model(checkpoint)
     text_features = session.text_features(args.obj)
     normal, _ = augment(data.fewshot_norm_img)
     bank = build_memory_bank(model, normal, args.batch_size)
@@ -43,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
         save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
-    write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation)
+    write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation, session.provenance(
+        data.images, made.get('selection'), made.get('step'), data.support_images, checkpoint))
     return evaluation
 
 

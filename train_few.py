@@ -61,6 +61,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     selection = ModelSelection(args.selection, keep_ties=False, save=session.adapter_saver('few-shot'))
     resume_file = resume_path(session.checkpoint_path())
     first_epoch = load_resume_state(resume_file, model, optimizers, selection, args) if args.resume else 0
+    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
     try:
         for epoch in range(first_epoch, args.epoch):
             losses = EpochLosses()
@@ -74,9 +75,13 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                 if selection.consider(model, evaluation, f'epoch {epoch}'):
                     print('Best result')
             save_resume_state(resume_file, model, optimizers, epoch, selection, args)
+            saved_epoch = epoch
     except KeyboardInterrupt:
-        raise Interrupted(selection, session.checkpoint_path()) from None
-    return finish_training(args, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}')
+        how_to_resume = (f'the same command with --resume continues after epoch {saved_epoch} (from {resume_file})'
+                         if saved_epoch >= 0 else None)
+        raise Interrupted(selection, session.checkpoint_path(), how_to_resume) from None
+    return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}',
+                           data.images, data.support_images)
 
 
 if __name__ == '__main__':

@@ -65,8 +65,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
             report_epoch(epoch, losses)
     except KeyboardInterrupt:
         raise Interrupted(selection, session.checkpoint_path()) from None
-    return finish_training(args, 'zero-shot', selection, model, lambda: score(test_loader),
-                           f'end of epoch {args.epoch - 1}')
+    return finish_training(session, 'zero-shot', selection, model, lambda: score(test_loader),
+                           f'end of epoch {args.epoch - 1}', test_set.images)
 
 
 if __name__ == '__main__':

@@ -45,6 +45,15 @@ def residual_stream(stream: Tensor, seg_back: Tensor, det_back: Tensor, config: 
     return config.residual_keep * stream + config.residual_adapter * seg_back + config.residual_adapter * det_back
 
 
+def check_features(features: Sequence[int], depth: int) -> List[int]:
+    """The adapted blocks as ints: increasing, 1-based, within a ViT of `depth` blocks."""
+    features = [int(level) for level in features]
+    if not features or features != sorted(set(features)) or not 1 <= features[0] <= features[-1] <= depth:
+        raise ValueError(f'features_list {features} must be increasing block indices within 1..{depth} '
+                         f'(this model has {depth} blocks)')
+    return features
+
+
 def check_plain_vit(visual: nn.Module) -> None:
     """MVFA reads the token stream of a plain CLIP ViT: class token, no attention pooling."""
     if not (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == 'tok'
@@ -96,11 +105,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
         super().__init__()
         visual = clip_model.visual
         check_plain_vit(visual)
-        depth = len(visual.transformer.resblocks)
-        features = [int(level) for level in features]
-        if not features or features != sorted(set(features)) or not 1 <= features[0] <= features[-1] <= depth:
-            raise ValueError(f'features_list {features} must be increasing block indices within 1..{depth} '
-                             f'(this model has {depth} blocks)')
+        features = check_features(features, len(visual.transformer.resblocks))
         if adaptation not in ADAPTATIONS:
             raise ValueError(f'adaptation must be one of {", ".join(ADAPTATIONS)}, got {adaptation!r}')
         clip_model.requires_grad_(False)

@@ -17,6 +17,8 @@ import open_clip
 import torch
 from open_clip.model import CLIP, resize_pos_embed
 
+from mvfa.flags import FlagError
+
 CLIP_DIR = Path(__file__).resolve().parent
 # Where the authors' instructions put OpenAI's weights; used before any download.
 LOCAL_WEIGHTS = {'ViT-L-14-336': CLIP_DIR / 'ckpt' / 'ViT-L-14-336px.pt'}
@@ -44,6 +46,13 @@ def load_model_config(model_name: str) -> Dict:
             f"unknown model '{model_name}': give an open_clip model name (e.g. ViT-L-14-336) "
             f"or the path to a JSON config with embed_dim, vision_cfg and text_cfg")
     return config
+
+
+def check_image_size(model_name: str, img_size: int, config: Optional[Dict] = None) -> None:
+    """The input must hold at least one patch: a smaller one fails deep inside the patch convolution."""
+    patch = (config or load_model_config(model_name))['vision_cfg']['patch_size']
+    if img_size < patch:
+        raise FlagError(f'--img_size must be at least the patch size of {model_name} ({patch} px), got {img_size}')
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -114,6 +123,7 @@ def create_model(
     OpenAI's (QuickGELU-trained) weights.
     """
     config = load_model_config(model_name)
+    check_image_size(model_name, img_size, config)
     if 'text_cfg' not in config or 'hf_model_name' in config['text_cfg'] or config.get('custom_text'):
         raise WeightsError(f"'{model_name}' is not a plain CLIP (ViT image tower, CLIP text tower)")
     config['vision_cfg']['image_size'] = img_size

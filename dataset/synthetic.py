@@ -10,7 +10,6 @@ the split, the class and the image index, so the same arguments give byte-identi
 """
 from __future__ import annotations
 
-import argparse
 import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
+from mvfa.flags import FlagParser, parse_or_exit
 
 SPLITS = ('valid', 'test')
 CLASSES = (NORMAL_FOLDER, ABNORMAL_FOLDER)
@@ -316,7 +316,7 @@ def generate(out_dir: Path, seed: int = 0, size: int = 64, n_test: int = 12, n_v
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True, help='folder to write the data set to')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--size', type=int, default=64, help='image side in pixels')
@@ -325,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4], help='k of the k-shot seed lists')
     parser.add_argument('--iterations', type=int, default=3, help='draws per seed list')
     parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS)
-    args = parser.parse_args(argv)
+    args = parse_or_exit(parser, argv)
     out = generate(args.out, args.seed, args.size, args.n_test, args.n_valid, args.shots, args.iterations,
                    args.objects)
     n_images = len(args.objects) * 2 * (args.n_test + args.n_valid)

@@ -53,8 +53,9 @@ def _check_support(root: Path, obj: str, shot: int, iterate: Optional[int], seed
 
 def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = None, shot: Optional[int] = None,
                     iterate: Optional[int] = None, seed_dir: Optional[str | Path] = None,
-                    splits: Optional[Sequence[str]] = None, normal_only: bool = False) -> int:
-    """Check one object's data; returns how many image files were decoded.
+                    splits: Optional[Sequence[str]] = None, normal_only: bool = False, decode: bool = True) -> int:
+    """Check one object's data; returns how many image files were decoded (with `decode` False: found,
+    the folders and the support set checked but no file opened, a check of seconds before long runs).
 
     `splits` defaults to ('valid', 'test') when a `shot` is given (the support set comes from
     `valid/`), else ('test',). With `normal_only` (a memory bank of normal images alone)
@@ -69,6 +70,8 @@ def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = N
         root, split, has_masks(obj), support_labels if split == 'valid' else (NORMAL_FOLDER, ABNORMAL_FOLDER))]
     if shot is not None:
         _check_support(root, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
+    if not decode:
+        return len(files)
     # Decoding is mostly outside the GIL, so threads help; map keeps the files' order for the first error,
     # after which the files not yet started are dropped.
     pool = ThreadPoolExecutor()

@@ -1,17 +1,21 @@
 """Adapter checkpoints in the authors' format: `{'seg_adapters': state_dict, 'det_adapters': state_dict}`."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
+from mvfa.flags import flag_text
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
+# The flags that shape the model: a checkpoint fits only the model it was trained with.
+MODEL_FLAGS = ('model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation')
 
 
 class CheckpointError(ValueError):
@@ -21,6 +25,34 @@ class CheckpointError(ValueError):
 def sidecar_path(path: Path) -> Path:
     """The JSON beside a checkpoint that records how it was made."""
     return Path(path).with_suffix('.json')
+
+
+def read_sidecar(path: Path) -> Optional[Dict]:
+    """How the checkpoint at `path` was made; None without a sidecar (the authors' checkpoints)."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text(encoding='utf-8'))
+    except ValueError as error:
+        raise CheckpointError(f'cannot read {sidecar} ({error}): fix or remove it') from None
+
+
+def adopt_model_flags(args: argparse.Namespace, given: Set[str], checkpoint: Path) -> Optional[Dict]:
+    """Make `args` build the model the checkpoint was trained with, from its sidecar (returned):
+    a model flag not given takes the sidecar's value; one given must agree with it."""
+    made = read_sidecar(checkpoint)
+    trained_with = (made or {}).get('flags', {})
+    for name in MODEL_FLAGS:
+        if name not in trained_with:
+            continue
+        if name not in given:
+            setattr(args, name, trained_with[name])
+        elif getattr(args, name) != trained_with[name]:
+            raise CheckpointError(f'{checkpoint} was trained with --{name} {flag_text(trained_with[name])}, this '
+                                  f'run has --{name} {flag_text(getattr(args, name))}: leave the flag out to use '
+                                  f"the checkpoint's")
+    return made
 
 
 def atomic_write(path: Path, write) -> None:
@@ -44,6 +76,16 @@ def save_adapters(model: MultiLevelAdaptedCLIP, path: str | Path, metadata: Opti
     if metadata is not None:
         text = json.dumps(metadata, indent=2, default=str)
         atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
+
+
+def keep_previous(path: Path) -> None:
+    """Move the checkpoint at `path` and its sidecar aside as <Obj>.previous.pth / .json, saying so:
+    a new training run never silently replaces the adapters of an earlier one."""
+    previous = path.with_name(f'{path.stem}.previous{path.suffix}')
+    os.replace(path, previous)
+    if sidecar_path(path).is_file():
+        os.replace(sidecar_path(path), sidecar_path(previous))
+    print(f'{path} holds an earlier run\'s adapters: kept as {previous}')
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Dict[str, torch.Tensor]]:

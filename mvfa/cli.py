@@ -8,7 +8,10 @@ from CLIP.adapter import ADAPTATIONS
 from dataset.bmad import OBJECTS
 from dataset.medical_few import DEFAULT_SEED_DIR
 from mvfa.config import PAPER
+from mvfa.flags import FlagParser
 from mvfa.selection import SELECTION_MODES
+
+DATA_PATH = './data/'  # the authors' default --data_path
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,11 +36,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,
-           learning_rate: float = PAPER.few_shot_learning_rate) -> argparse.ArgumentParser:
+           learning_rate: float = PAPER.few_shot_learning_rate) -> FlagParser:
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
-    p = argparse.ArgumentParser(description=description)
+    p = FlagParser(description=description)
     p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
-    p.add_argument('--data_path', default='./data/', help='folder holding <Obj>_AD folders')
+    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
                    help='images per training step' if training
                    else 'images per inference batch (scores do not depend on it)')

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from mvfa.evaluation import Evaluation
 from mvfa.metrics import image_metrics, pixel_metrics
@@ -24,22 +25,38 @@ def extra_metrics(evaluation: Evaluation) -> Dict[str, Optional[float]]:
             'pixel_f1_max': pixel.get('f1_max'), 'pixel_aupro': pixel.get('aupro')}
 
 
-def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluation, **extra) -> Dict:
-    """The contents of a `--results` file; `selection` is the training scripts' --selection, else None."""
+@dataclass(frozen=True)
+class Provenance:
+    """What a results file says about how its numbers were made, beyond the flags."""
+    images: Sequence[Path]  # the scored images, in the order of the scores
+    device: str
+    precision: str  # the autocast dtype actually used (`--precision auto` resolved)
+    selection: Optional[str]  # how the adapters were selected; None: unknown (the authors' checkpoints)
+    selected: Optional[str]  # the step they were taken at
+    support: Optional[Sequence[Path]] = None  # few-shot: the support images
+    checkpoint: Optional[Path] = None  # test scripts: the adapters scored
+
+
+def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluation, made: Provenance) -> Dict:
+    """The contents of a `--results` file."""
     return {
         'obj': args.obj, 'setting': setting, 'shot': getattr(args, 'shot', None),
-        'selection': getattr(args, 'selection', None),
+        'selection': made.selection, 'selected': made.selected,
+        'checkpoint': None if made.checkpoint is None else str(made.checkpoint),
+        'device': made.device, 'precision': made.precision,
         'image_auroc': evaluation.image_auroc, 'pixel_auroc': evaluation.pixel_auroc, **extra_metrics(evaluation),
         'image_scores': evaluation.image_scores.tolist(), 'labels': evaluation.labels.tolist(),
-        **extra, 'flags': flag_values(args),
+        'images': [str(path) for path in made.images],
+        'support_images': None if made.support is None else [str(path) for path in made.support],
+        'flags': flag_values(args),
     }
 
 
-def write_results(args: argparse.Namespace, setting: str, evaluation: Evaluation, **extra) -> None:
+def write_results(args: argparse.Namespace, setting: str, evaluation: Evaluation, made: Provenance) -> None:
     """Write the `--results` file, if one was asked for: only then are AP, F1-max and AUPRO computed."""
     if args.results is None:
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    record = results_record(args, setting, evaluation, **extra)
+    record = results_record(args, setting, evaluation, made)
     args.results.write_text(json.dumps(record, indent=2), encoding='utf-8')
     print(f'results written to {args.results}')

@@ -7,16 +7,19 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
+from CLIP.adapter import check_features
+from CLIP.factory import check_image_size, load_model_config
 from dataset.bmad import DataError
-from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
+from mvfa.checkpoint import CheckpointError, keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
-from mvfa.results import flag_values, write_results
+from mvfa.flags import FlagError
+from mvfa.results import Provenance, flag_values, write_results
 from mvfa.runtime import DeviceError, configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
 from mvfa.training import EpochLosses
@@ -26,7 +29,7 @@ from utils import setup_seed
 # Image-decoding processes of a CUDA run (at most one per core).
 MAX_LOADER_WORKERS = 8
 # Problems with the user's input: reported as one line, never as a traceback.
-USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError)
+USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError, FlagError)
 
 
 def build_model(args: argparse.Namespace, device: torch.device, precision: str,
@@ -45,6 +48,24 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     return model.to(device).set_precision(precision)
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The adapters of --obj under --save_path."""
+    return Path(args.save_path) / f'{args.obj}.pth'
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """--img_size and --features_list against the model's config (its patch size and depth): checked
+    before the data is read, a checkpoint loaded or the model built."""
+    config = load_model_config(args.model_name)
+    check_image_size(args.model_name, args.img_size, config)
+    depth = config['vision_cfg'].get('layers')
+    if isinstance(depth, int):  # else not a ViT, which create_model reports
+        try:
+            check_features(args.features_list, depth)
+        except ValueError as error:
+            raise FlagError(str(error)) from None
+
+
 class Session:
     """Seed, device and precision from the shared flags; `load_model` builds the frozen CLIP and adapters.
 
@@ -52,6 +73,7 @@ class Session:
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
+        check_model_flags(args)
         setup_seed(args.seed)
         self.args = args
         self.device = pick_device(args.device)
@@ -78,13 +100,21 @@ class Session:
                 'persistent_workers': True}
 
     def checkpoint_path(self) -> Path:
-        return Path(self.args.save_path) / f'{self.args.obj}.pth'
+        return checkpoint_path(self.args)
+
+    def provenance(self, images: Sequence[Path], selection: Optional[str], selected: Optional[str],
+                   support: Optional[Sequence[Path]] = None, checkpoint: Optional[Path] = None) -> Provenance:
+        """How this session's numbers were made, for its results file."""
+        return Provenance(images, str(self.device), self.precision, selection, selected, support, checkpoint)
 
     def adapter_saver(self, setting: str) -> Optional[Callable[[MultiLevelAdaptedCLIP, Dict], None]]:
         """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
         if self.args.save_model != 1:
             return None
         path = self.checkpoint_path()
+        # A resumed run's checkpoint is its own best so far.
+        if path.is_file() and not getattr(self.args, 'resume', False):
+            keep_previous(path)
         return lambda model, selection: save_adapters(
             model, path, {'setting': setting, **selection, 'flags': flag_values(self.args)})
 
@@ -97,22 +127,25 @@ def report_epoch(epoch: int, losses: EpochLosses) -> None:
     print(f'epoch {epoch}: loss {mean:.4f}')
 
 
-def finish_training(args: argparse.Namespace, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
-                    test: Callable[[], Evaluation], last_step: str) -> Evaluation:
-    """Score the selected state on the test set, print it and write the results file."""
+def finish_training(session: Session, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
+                    test: Callable[[], Evaluation], last_step: str, images: Sequence[Path],
+                    support: Optional[Sequence[Path]] = None) -> Evaluation:
+    """Score the selected state on the test set (`images`), print it and write the results file."""
+    args = session.args
     result, step = selection.tested(model, test, last_step)
     print(f'test set, {step}:\n{result.report(args.obj)}')
-    write_results(args, setting, result, selected=step)
+    write_results(args, setting, result, session.provenance(images, args.selection, step, support))
     return result
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says what was kept."""
+    """Ctrl-C during training; the message says what was kept, `how_to_resume` how to go on (if one can)."""
 
-    def __init__(self, selection: ModelSelection, checkpoint: Path) -> None:
+    def __init__(self, selection: ModelSelection, checkpoint: Path, how_to_resume: Optional[str] = None) -> None:
         kept = selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
         super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
                          else 'no checkpoint was saved yet')
+        self.how_to_resume = how_to_resume
 
 
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
@@ -125,6 +158,9 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]]
         return 2
     except KeyboardInterrupt as error:
         # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
+        how_to_resume = getattr(error, 'how_to_resume', None)
+        if how_to_resume:
+            print(f'\n{how_to_resume}', end='', file=sys.stderr)
         print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
         return 130
     return 0

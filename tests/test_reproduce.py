@@ -228,3 +228,23 @@ def test_single_feature_level_ablation_with_random_draws_runs_end_to_end(data, t
         ([6], -1, 7), ([6], -1, 8)]
     assert all(r['selection'] == 'test' for r in records)
     assert rows[0]['object'] == 'Chest' and rows[0]['draws'] == 2 and rows[-1]['object'] == 'Average'
+
+
+def test_summary_opens_with_how_the_numbers_were_made(tables):
+    """A tiny random-weight run cannot be mistaken for a real one (issue 14)."""
+    first_lines = tables['markdown'].splitlines()[:3]
+    made = next(line for line in first_lines if line.startswith('Made with: '))
+    assert 'model tiny-clip, weights none, image size 56, adapted blocks 3 6 9 12, epochs 1' in made
+    assert f"data {tables['data']}" in made and 'device cpu, precision fp32, selection last' in made
+    assert 'Random CLIP weights' in made
+    for row in tables['rows']:
+        assert list(row)[:3] == ['model', 'weights', 'image size']
+        assert (row['model'], row['weights'], row['epochs'], row['selection']) == ('tiny-clip', 'none', '1', 'last')
+
+
+def test_reproduce_keeps_its_checkpoints_away_from_the_released_ones():
+    assert reproduce.parse_args([]).ckpt_dir == reproduce.Path('ckpt/reproduce')
+    for setting, folder in reproduce.RELEASED.items():
+        for task in reproduce.plan(reproduce.parse_args(['--obj', 'Brain', '--settings', setting])):
+            assert folder not in task.save_path(reproduce.parse_args([]).ckpt_dir).parents
+            assert task.save_path(reproduce.parse_args([]).ckpt_dir) != folder

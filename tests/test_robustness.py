@@ -347,6 +347,20 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_resume_continues_as_if_uninterrupt
             torch.testing.assert_close(read_checkpoint(checkpoint)[key][name], tensor, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize('at, hint', [(0, None), (2, 'the same command with --resume continues after epoch 0')])
+def test_ctrl_c_says_how_to_resume_once_an_epoch_is_saved(at, hint, data, tmp_path, monkeypatch, capsys):
+    """Two steps per epoch: step 2 is in epoch 1, after epoch 0 was saved for --resume."""
+    interrupt_at_step(train_few, monkeypatch, at=at)
+    save = tmp_path / 'ckpt'
+    assert run(train_few.main, flags(data, save) + ['--epoch', '2']) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith('interrupted: ')
+    if hint is None:
+        assert '--resume' not in '\n'.join(lines)
+    else:
+        assert lines[-2] == f'{hint} (from {save / "Liver.resume.pt"})'
+
+
 def test_ctrl_c_in_zero_shot_training_keeps_the_checkpoint(data, tmp_path, monkeypatch, capsys):
     save = tmp_path / 'ckpt'
     models = []
