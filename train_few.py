@@ -20,7 +20,7 @@ from mvfa.cli import parser
 from mvfa.config import PAPER
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.memory_bank import build_memory_bank
-from mvfa.resume import load_resume_state, resume_path, save_resume_state
+from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
 from mvfa.session import Interrupted, Session, finish_training, report_epoch, run
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, frozen_streams, train_step
@@ -77,9 +77,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
             save_resume_state(resume_file, model, optimizers, epoch, selection, args)
             saved_epoch = epoch
     except KeyboardInterrupt:
-        how_to_resume = (f'the same command with --resume continues after epoch {saved_epoch} (from {resume_file})'
-                         if saved_epoch >= 0 else None)
-        raise Interrupted(selection, session.checkpoint_path(), how_to_resume) from None
+        raise Interrupted(selection, session.checkpoint_path(), how_to_resume(resume_file, saved_epoch)) from None
     return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}',
                            data.images, data.support_images)
 

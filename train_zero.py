@@ -20,6 +20,7 @@ from loss import MVFALoss
 from mvfa.cli import parser
 from mvfa.config import PAPER
 from mvfa.evaluation import Evaluation, evaluate
+from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
 from mvfa.session import Interrupted, Session, finish_training, report_epoch, run
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
@@ -41,6 +42,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
         **session.loader_options())), args.cache_streams)
     optimizers = AdapterOptimizers(model, args.learning_rate)
     loss_fn = MVFALoss(args.img_size, model.config)
+    # The batch order's own generator: the resume state keeps its state beside the global ones.
     shuffler = random.Random(args.seed)
 
     def score(loader: DataLoader) -> Evaluation:
@@ -48,8 +50,11 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
 
     # '>=' as the authors: among equal scores the latest state is kept.
     selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
+    resume_file = resume_path(session.checkpoint_path())
+    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
+    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
     try:
-        for epoch in range(args.epoch):
+        for epoch in range(first_epoch, args.epoch):
             batches = train_set.batches(args.batch_size, shuffler)
             loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
             interval = max(1, len(batches) // model.config.evaluations_per_epoch)
@@ -63,8 +68,10 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                 losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks,
                                       source_text[source]))
             report_epoch(epoch, losses)
+            save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
+            saved_epoch = epoch
     except KeyboardInterrupt:
-        raise Interrupted(selection, session.checkpoint_path()) from None
+        raise Interrupted(selection, session.checkpoint_path(), how_to_resume(resume_file, saved_epoch)) from None
     return finish_training(session, 'zero-shot', selection, model, lambda: score(test_loader),
                            f'end of epoch {args.epoch - 1}', test_set.images)
 

@@ -67,9 +67,8 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
         p.add_argument('--selection', choices=SELECTION_MODES, default='test',
                        help="which state is kept and reported: 'test' the best on the test set (the paper), "
                             "'valid' the best on valid/ minus the support images, 'last' the final one")
-        if few_shot:
-            p.add_argument('--resume', action='store_true',
-                           help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
+        p.add_argument('--resume', action='store_true',
+                       help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
     else:
         p.add_argument('--save_vis', type=Path, default=None, help='write a heatmap PNG per test image to this folder')
     if few_shot and not training:

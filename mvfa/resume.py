@@ -1,10 +1,11 @@
-"""Resume state of few-shot training: all that continuing after the last finished epoch needs.
+"""Resume state of training (few- and zero-shot): all that continuing after the last finished epoch needs.
 
 Saved atomically after every epoch as `<save_path>/<Obj>.resume.pt`: the adapters, both
-optimizers, the epoch, the model selection so far and the random generators' states, so a
-resumed run continues as the uninterrupted one would have. The kept evaluation is stored without
-its per-pixel arrays (a BrainMRI test set's would take a gigabyte): a resumed run reports its
-AUROCs and image scores, not the pixel AP/AUPRO of an epoch before the interruption.
+optimizers, the epoch, the model selection so far and the random generators' states (the global
+ones and the script's own shuffler, if it has one), so a resumed run continues as the
+uninterrupted one would have. The kept evaluation is stored without its per-pixel arrays (a
+BrainMRI test set's would take a gigabyte): a resumed run reports its AUROCs and image scores, not
+the pixel AP/AUPRO of an epoch before the interruption.
 """
 from __future__ import annotations
 
@@ -56,15 +57,18 @@ def _evaluation_from_tensors(fields: Optional[Dict]) -> Optional[Evaluation]:
                          for name, value in fields.items()})
 
 
-def _rng_states() -> Dict:
+def _rng_states(shuffler: Optional[random.Random]) -> Dict:
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {'python': random.getstate(), 'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'numpy': (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian)}
+            'numpy': (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+            'shuffler': shuffler.getstate() if shuffler is not None else None}
 
 
-def _restore_rng_states(states: Dict) -> None:
+def _restore_rng_states(states: Dict, shuffler: Optional[random.Random]) -> None:
     random.setstate(states['python'])
+    if shuffler is not None:
+        shuffler.setstate(states['shuffler'])
     torch.set_rng_state(states['torch'])
     if states['cuda'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])
@@ -73,18 +77,23 @@ def _restore_rng_states(states: Dict) -> None:
 
 
 def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
-                      epoch: int, selection: ModelSelection, args: argparse.Namespace) -> None:
-    """Record the state after `epoch` (finished); never leaves a half-written file."""
+                      epoch: int, selection: ModelSelection, args: argparse.Namespace,
+                      shuffler: Optional[random.Random] = None) -> None:
+    """Record the state after `epoch` (finished); never leaves a half-written file.
+
+    `shuffler`: a generator of the script's own besides the global ones (train_zero's batch order).
+    """
     state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
     state.update(epoch=epoch, optimizers=optimizers.state_dicts(),
                  selection={'evaluation': _evaluation_to_tensors(selection.evaluation), 'step': selection.step,
                             'state': selection.state},
-                 rng=_rng_states(), flags=_training_flags(args))
+                 rng=_rng_states(shuffler), flags=_training_flags(args))
     atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
-                      selection: ModelSelection, args: argparse.Namespace) -> int:
+                      selection: ModelSelection, args: argparse.Namespace,
+                      shuffler: Optional[random.Random] = None) -> int:
     """Restore the state of `path` into the model, optimizers, selection and generators; the next epoch.
 
     Without a resume state training starts at epoch 0, so the same command serves a first run.
@@ -97,7 +106,11 @@ def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Adap
     except Exception as error:  # damaged files raise many types
         raise CheckpointError(f'cannot read resume state {path} ({type(error).__name__}): it is damaged; '
                               f'delete it to start afresh') from None
-    for key, value in _training_flags(args).items():
+    flags = _training_flags(args)
+    # Both ways: a few-shot state (--shot ..., no shuffler) met by a zero-shot run with its --save_path
+    # may differ only in flags the run lacks.
+    for key in sorted(flags.keys() | state['flags'].keys()):
+        value = flags.get(key)
         if state['flags'].get(key) != value:
             raise CheckpointError(f'{path} was made with --{key} {state["flags"].get(key)}, this run has {value}: '
                                   f'rerun with the same flags, or delete it to start afresh')
@@ -105,6 +118,13 @@ def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Adap
     optimizers.load_state_dicts(state['optimizers'])
     selection.evaluation = _evaluation_from_tensors(state['selection']['evaluation'])
     selection.step, selection.state = state['selection']['step'], state['selection']['state']
-    _restore_rng_states(state['rng'])
+    _restore_rng_states(state['rng'], shuffler)
     print(f'resuming from {path} after epoch {state["epoch"]}')
     return state['epoch'] + 1
+
+
+def how_to_resume(path: Path, saved_epoch: int) -> Optional[str]:
+    """The Ctrl-C message's line on going on: once an epoch is saved (`saved_epoch` >= 0), how to resume."""
+    if saved_epoch < 0:
+        return None
+    return f'the same command with --resume continues after epoch {saved_epoch} (from {path})'

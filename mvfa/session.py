@@ -113,7 +113,7 @@ class Session:
             return None
         path = self.checkpoint_path()
         # A resumed run's checkpoint is its own best so far.
-        if path.is_file() and not getattr(self.args, 'resume', False):
+        if path.is_file() and not self.args.resume:
             keep_previous(path)
         return lambda model, selection: save_adapters(
             model, path, {'setting': setting, **selection, 'flags': flag_values(self.args)})

@@ -1,6 +1,7 @@
 """Bad input gets one clear line and exit status 2 before any model is built; long runs never lose work."""
 from __future__ import annotations
 
+import random
 import shutil
 import urllib.error
 import warnings
@@ -21,8 +22,9 @@ import train_zero
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from CLIP.factory import LOCAL_WEIGHTS
 from dataset.bmad import load_image, load_mask
+from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
-from mvfa.checkpoint import CheckpointError, load_adapters, read_checkpoint, save_adapters
+from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, read_sidecar, save_adapters
 from mvfa.session import run
 from loss import MVFALoss
 from mvfa.training import AdapterOptimizers, train_step
@@ -379,6 +381,38 @@ def test_ctrl_c_in_zero_shot_training_keeps_the_checkpoint(data, tmp_path, monke
         assert set(saved[key]) == set(expected)
         for name, tensor in expected.items():
             assert torch.equal(saved[key][name], tensor), (key, name)
+
+
+def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypatch, capsys):
+    """Interrupted at the first step of epoch 1, then resumed: the same selected step, AUROCs and adapters
+    (selected and final) as two uninterrupted epochs; epoch 1's batch order comes from the restored shuffler."""
+    steps_per_epoch = len(MedTrainDataset(data, 'Liver', SIZE).batches(11, random.Random()))  # --batch_size 11
+    save = tmp_path / 'interrupted'
+    resume_file = save / 'Liver.resume.pt'
+    interrupt_at_step(train_zero, monkeypatch, at=steps_per_epoch)
+    # --resume without a resume state starts at epoch 0, so the same command serves the first run.
+    assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '2', '--resume']) == 130
+    captured = capsys.readouterr()
+    assert f'no resume state at {resume_file}: starting at epoch 0' in captured.out
+    hint = f'the same command with --resume continues after epoch 0 (from {resume_file})'
+    assert captured.err.strip().splitlines()[-2] == hint
+    monkeypatch.undo()
+
+    assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '2', '--learning_rate', '0.01',
+                                                                 '--resume']) == 2
+    assert 'made with --learning_rate 0.0001, this run has 0.01' in capsys.readouterr().err
+    resumed = train_zero.main(zero_shot_flags(data, save) + ['--epoch', '2', '--resume'])
+    assert f'resuming from {resume_file} after epoch 0' in capsys.readouterr().out
+    straight_save = tmp_path / 'straight'
+    straight = train_zero.main(zero_shot_flags(data, straight_save) + ['--epoch', '2'])
+    assert (resumed.image_auroc, resumed.pixel_auroc) == (straight.image_auroc, straight.pixel_auroc)
+    assert read_sidecar(save / 'Liver.pth')['step'] == read_sidecar(straight_save / 'Liver.pth')['step']
+    # The selected adapters, and the final ones, which the last resume state holds.
+    for name in ('Liver.pth', 'Liver.resume.pt'):
+        expected, got = read_checkpoint(straight_save / name), read_checkpoint(save / name)
+        for key in ADAPTER_KEYS:
+            for tensor_name, tensor in expected[key].items():
+                torch.testing.assert_close(got[key][tensor_name], tensor, atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------- 5. CLIP weights
