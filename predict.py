@@ -29,7 +29,8 @@ What the score means:
   is three reference standard deviations above normal. The same references give the same
   scale, so scores compare across calls; more references give a steadier scale.
 Heatmaps use the same units per pixel (with references: red at 4 reference
-standard deviations, blue at the reference mean; without: the probability, red at 1).
+standard deviations, blue at the reference mean; without: the probability, red at 1), drawn on
+each input at its own size (the longer side capped at 1024 px) beside a colour bar of that scale.
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
-from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image
+from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
 from mvfa import scoring
 from mvfa.config import PAPER
 from mvfa.checkpoint import MODEL_FLAGS, adopt_model_flags
@@ -55,7 +57,7 @@ from mvfa.cli import add_model_arguments
 from mvfa.flags import FlagError, FlagParser
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session, run
-from mvfa.visualize import to_uint8, write_panel
+from mvfa.visualize import Tick, at_image_size, write_panel
 from utils import augment
 
 # The fewest references that give a spread: the few-shot part of a reference is measured against the others.
@@ -212,9 +214,17 @@ def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
     return paths
 
 
-def write_heatmap(path: Path, image: Tensor, heatmap: Tensor) -> None:
-    """Input | JET overlay of `heatmap` (0 blue, 1 and above red), as visualize.py draws test heatmaps."""
-    write_panel(path, to_uint8(image.permute(1, 2, 0).numpy()), heatmap.clamp(0, 1).numpy())
+def colour_scale(calibrated: bool) -> List[Tick]:
+    """Ticks of the heatmap's colour bar: reference standard deviations above normal, or the zero-shot probability."""
+    if calibrated:
+        return [(sd / HEATMAP_FULL_SCALE, f'{sd} sd') for sd in range(math.floor(HEATMAP_FULL_SCALE) + 1)]
+    return [(p, f'{p:g}') for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+
+def write_heatmap(path: Path, source: Path, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
+    """Input | JET overlay of `heatmap` (0 blue, 1 and above red) | colour bar, at the size of the input as read."""
+    image, anomaly_map = at_image_size(np.asarray(open_image(source)), heatmap.clamp(0, 1).numpy())
+    write_panel(path, image, anomaly_map, ticks=ticks)
 
 
 def build_parser() -> FlagParser:
@@ -256,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
+    ticks = colour_scale(calibrated=reference is not None)
     rows: List[Dict] = []
     for images in tqdm(loader, desc='predict'):
         parts = score_parts(model, images, text_features, banks)
@@ -263,9 +274,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:
             (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
-        for i, image in enumerate(images):
+        for i in range(len(images)):
             index = len(rows)
-            write_heatmap(heatmaps[index], image, maps[i].cpu())
+            write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
             rows.append({'path': str(inputs[index]), 'score': score[i].item(), 'zero_shot': zero[i].item(),
                          'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
                          'few_shot_raw': None if parts.few is None else parts.few[i].item(),

@@ -1,12 +1,13 @@
 """Heatmaps: one PNG per test image with the input, its ground-truth mask if any, and the anomaly map.
 
 The maps are those of `evaluate(..., keep_maps=True)`, normalised over the test set, so colours
-compare across the images of one run (red: the most anomalous pixels of the test set).
+compare across the images of one run (red: the most anomalous pixels of the test set). predict.py
+draws its own images with the same panels, at each image's own size and with a colour bar of its scale.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -19,6 +20,15 @@ from mvfa.evaluation import Evaluation
 MAP_ALPHA = 0.5
 # Width of the black gap between the panels of one image.
 GAP = 4
+# Longer side of an image drawn at its own size: larger scans are scaled down, or one PNG would reach tens of MB.
+MAX_SIDE = 1024
+# Colour bar: strip width and font scale grow with the panel height, so the bar reads alike on small and large panels.
+BAR_SHARE, MIN_BAR = 0.05, 6
+FONT, FONT_PER_PIXEL, MIN_FONT = cv2.FONT_HERSHEY_SIMPLEX, 1 / 700, 0.3
+WHITE = (255, 255, 255)
+
+# A tick of a colour bar: the map value in [0, 1] and the label of what it means.
+Tick = Tuple[float, str]
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
@@ -26,18 +36,61 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.nan_to_num(values) * 255.0), 0, 255).astype(np.uint8)
 
 
+def jet(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> their JET colours (0 blue, 1 red): RGB bytes, with a last axis of 3 added."""
+    return cv2.cvtColor(cv2.applyColorMap(to_uint8(values), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
 def overlay(image: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
-    """(S, S, 3) RGB bytes and an (S, S) map in [0, 1] -> the map in JET colours, blended over the image."""
-    coloured = cv2.cvtColor(cv2.applyColorMap(to_uint8(anomaly_map), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(coloured, MAP_ALPHA, image, 1.0 - MAP_ALPHA, 0.0)
+    """(H, W, 3) RGB bytes and an (H, W) map in [0, 1] -> the map in JET colours, blended over the image."""
+    return cv2.addWeighted(jet(anomaly_map), MAP_ALPHA, image, 1.0 - MAP_ALPHA, 0.0)
 
 
-def panel(image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
-    """Input | mask (where given) | overlay, side by side: (S, 2 S + GAP or 3 S + 2 GAP, 3) RGB bytes."""
+def colour_bar(height: int, ticks: Sequence[Tick]) -> np.ndarray:
+    """(height, W, 3) RGB bytes: the JET scale of `overlay`, 1 (red) at the top row to 0 (blue) at the bottom,
+    with the tick labels to its right. A label that would overlap one already drawn is left out, the two ends
+    drawn first, so short panels keep the range."""
+    strip = max(MIN_BAR, round(height * BAR_SHARE))
+    scale = max(MIN_FONT, height * FONT_PER_PIXEL)
+    thickness = max(1, round(scale))
+    label_width = max(cv2.getTextSize(label, FONT, scale, thickness)[0][0] for _, label in ticks)
+    bar = np.zeros((height, 2 * strip + label_width, 3), dtype=np.uint8)
+    bar[:, :strip] = jet(np.linspace(1.0, 0.0, height)[:, None])
+    taken: List[Tuple[int, int]] = []
+    for value, label in [*ticks[:1], *ticks[-1:], *ticks[1:-1]]:
+        (_, text_height), below = cv2.getTextSize(label, FONT, scale, thickness)
+        y = round((1.0 - value) * (height - 1))
+        # Centred on its tick, but kept inside the bar.
+        baseline = min(max(y + text_height // 2, text_height), height - 1 - below)
+        top, bottom = baseline - text_height, baseline + below
+        if any(top <= other_bottom and other_top <= bottom for other_top, other_bottom in taken):
+            continue
+        taken.append((top, bottom))
+        cv2.line(bar, (strip, y), (strip + strip // 2, y), WHITE, thickness)
+        cv2.putText(bar, label, (strip + strip // 2 + 1, baseline), FONT, scale, WHITE, thickness, cv2.LINE_AA)
+    return bar
+
+
+def at_image_size(image: np.ndarray, anomaly_map: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 3) image with its longer side capped at MAX_SIDE (aspect kept), and the map resized to it
+    (bilinear): the model's square map laid back on the image as it was read."""
+    height, width = image.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 sizes are (width, height)
+    if scale < 1.0:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # area averaging: no aliasing when shrinking
+    return image, cv2.resize(anomaly_map, size, interpolation=cv2.INTER_LINEAR)
+
+
+def panel(image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray] = None,
+          ticks: Optional[Sequence[Tick]] = None) -> np.ndarray:
+    """Input | mask (where given) | overlay | colour bar (where `ticks` are given), GAP apart: (H, *, 3) RGB bytes."""
     parts = [image]
     if mask is not None:
         parts.append(np.repeat(to_uint8(mask.astype(np.float64))[..., None], 3, axis=2))
     parts.append(overlay(image, anomaly_map))
+    if ticks is not None:
+        parts.append(colour_bar(image.shape[0], ticks))
     gap = np.zeros((image.shape[0], GAP, 3), dtype=np.uint8)
     row = [parts[0]]
     for part in parts[1:]:
@@ -45,9 +98,10 @@ def panel(image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray]
     return np.concatenate(row, axis=1)
 
 
-def write_panel(path: Path, image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
-    """`panel` as a PNG file; `image` (S, S, 3) RGB bytes."""
-    cv2.imwrite(str(path), cv2.cvtColor(panel(image, anomaly_map, mask), cv2.COLOR_RGB2BGR))  # cv2 writes BGR
+def write_panel(path: Path, image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray] = None,
+                ticks: Optional[Sequence[Tick]] = None) -> None:
+    """`panel` as a PNG file; `image` (H, W, 3) RGB bytes."""
+    cv2.imwrite(str(path), cv2.cvtColor(panel(image, anomaly_map, mask, ticks), cv2.COLOR_RGB2BGR))  # cv2 writes BGR
 
 
 def heatmap_name(obj: str, label: int, score: float, source: Path) -> str:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,9 @@ import predict
 import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from dataset.bmad import load_image
+from dataset.bmad import load_image, open_image
 from mvfa.session import run
+from mvfa.visualize import GAP, MAX_SIDE, colour_bar, overlay
 from mvfa.metrics import auroc
 from prompt import encode_text_with_prompt_ensemble
 
@@ -112,9 +114,78 @@ def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixe
         assert row['score'] == pytest.approx(hand_zero_shot(built_models[0], 'Brain', row['path'], SMALL_SIZE),
                                              abs=1e-5)
         assert row['few_shot'] is None and row['few_shot_raw'] is None
-        heatmap = Image.open(row['heatmap'])
-        assert heatmap.size == (2 * SMALL_SIZE + 4, SMALL_SIZE)
+        # Input | overlay | colour bar, at the input's own size, whatever the model's.
+        width, height = open_image(Path(row['path'])).size
+        bar_width = colour_bar(height, predict.colour_scale(calibrated=False)).shape[1]
+        assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
     assert len({row['heatmap'] for row in rows}) == 5  # the two gray.png do not overwrite each other
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def is_red(pixel: np.ndarray) -> bool:
+    return pixel[0] > 100 and pixel[1] < 50 and pixel[2] < 50
+
+
+def is_blue(pixel: np.ndarray) -> bool:
+    return pixel[2] > 100 and pixel[0] < 50 and pixel[1] < 50
+
+
+def test_heatmap_is_drawn_at_the_input_size_with_a_colour_bar(tmp_path, checkpoint):
+    source = tmp_path / 'wide.png'
+    pixels = np.random.default_rng(2).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(source)
+    rows = predict.main(model_flags(checkpoint, SMALL_SIZE) + ['--out', str(tmp_path / 'out'), str(source)])
+    heatmap = read_rgb(Path(rows[0]['heatmap']))
+    bar = colour_bar(40, predict.colour_scale(calibrated=False))
+    assert heatmap.shape == (40, 70 + GAP + 70 + GAP + bar.shape[1], 3)
+    np.testing.assert_array_equal(heatmap[:, :70], pixels)  # the input as read, not the model's square copy
+    np.testing.assert_array_equal(heatmap[:, 2 * (70 + GAP):], bar)
+    strip = heatmap[:, 2 * (70 + GAP)]
+    assert is_red(strip[0]) and is_blue(strip[-1])
+
+
+def test_heatmap_map_is_resized_onto_the_input(tmp_path):
+    """A map hot in its top-right corner is hot in the top-right corner of a 40x70 input."""
+    source = tmp_path / 'gray.png'
+    image = np.full((40, 70, 3), 128, dtype=np.uint8)
+    Image.fromarray(image).save(source)
+    anomaly_map = torch.zeros(SMALL_SIZE, SMALL_SIZE)
+    anomaly_map[:14, 42:] = 1.0  # rows 0-10, columns 52.5-70 of the input
+    path = tmp_path / 'heatmap.png'
+    predict.write_heatmap(path, source, anomaly_map, predict.colour_scale(calibrated=False))
+    drawn = read_rgb(path)[:, 70 + GAP:2 * 70 + GAP].astype(int)
+    by_hand = cv2.resize(anomaly_map.numpy(), (70, 40), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(drawn, overlay(image, by_hand))
+    # JET is warm (red above blue) above 0.5: the warm pixels are the hot corner, one pixel of blur around it.
+    rows, columns = np.nonzero(drawn[..., 0] > drawn[..., 2])
+    assert rows.min() == 0 and rows.max() <= 10 and columns.min() >= 52 and columns.max() == 69
+    assert len(rows) >= 9 * 16
+
+
+def test_large_input_is_capped(tmp_path):
+    source = tmp_path / 'scan.png'
+    height, width = 2 * MAX_SIDE + 52, MAX_SIDE + 26
+    gradient = np.linspace(0, 255, width, dtype=np.uint8)  # compresses well, unlike noise
+    Image.fromarray(np.tile(gradient, (height, 1))).save(source)
+    path = tmp_path / 'heatmap.png'
+    ticks = predict.colour_scale(calibrated=True)
+    predict.write_heatmap(path, source, torch.rand(SMALL_SIZE, SMALL_SIZE), ticks)
+    heatmap = read_rgb(path)
+    # The longer side capped at MAX_SIDE, aspect kept (1:2).
+    assert heatmap.shape == (MAX_SIDE, 2 * (MAX_SIDE // 2 + GAP) + colour_bar(MAX_SIDE, ticks).shape[1], 3)
+    strip = heatmap[:, 2 * (MAX_SIDE // 2 + GAP)]
+    assert is_red(strip[0]) and is_blue(strip[-1])
+
+
+def test_colour_scales():
+    # With references: 0 (blue) to HEATMAP_FULL_SCALE (red) reference standard deviations above normal.
+    calibrated = predict.colour_scale(calibrated=True)
+    assert calibrated[0] == (0.0, '0 sd') and calibrated[-1] == (1.0, f'{predict.HEATMAP_FULL_SCALE:g} sd')
+    assert predict.colour_scale(calibrated=False) == [(0.0, '0'), (0.25, '0.25'), (0.5, '0.5'), (0.75, '0.75'),
+                                                     (1.0, '1')]
 
 
 def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images, built_models):
@@ -137,6 +208,10 @@ def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images,
         assert row['zero_shot'] == pytest.approx((row['zero_shot_raw'] - zero['mean']) / zero['std'], abs=1e-4)
         few = calibration['few']
         assert row['few_shot'] == pytest.approx((row['few_shot_raw'] - few['mean']) / few['std'], abs=1e-4)
+        # The colour bar is in reference standard deviations.
+        width, height = open_image(Path(row['path'])).size
+        bar_width = colour_bar(height, predict.colour_scale(calibrated=True)).shape[1]
+        assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
 
 
 def test_bad_input_is_one_line_of_error(tmp_path, checkpoint, mixed_images, capsys):
