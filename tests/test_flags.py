@@ -75,12 +75,17 @@ BAD_FLAGS = {
 }
 
 
+def assert_one_error_line(capsys, words: str) -> None:
+    """What the script printed to stderr is one line, `error: ...`, holding `words`."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith('error: ') and words in err, err
+
+
 @pytest.mark.parametrize('case', BAD_FLAGS)
 def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_written(case, data, tmp_path, capsys):
     script, extra, words = BAD_FLAGS[case]
     assert run(script.main, script_flags(script, data, tmp_path) + extra) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith('error: ') and words in err, err
+    assert_one_error_line(capsys, words)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -96,8 +101,7 @@ def test_predict_refuses_bad_flags_before_writing_its_output_folder(extra, words
             '--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
             '--input', str(data / 'Liver_AD' / 'test' / 'good' / 'img')]
     assert run(predict.main, argv + extra) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert_one_error_line(capsys, words)
     assert not out.exists()
 
 
@@ -112,8 +116,7 @@ def test_reproduce_refuses_bad_flags_before_any_run(extra, words, data, tmp_path
     argv = ['--obj', 'Liver', '--data_path', str(data), '--results_dir', str(tmp_path / 'results'),
             '--ckpt_dir', str(tmp_path / 'ckpt'), '--model_name', 'tiny-clip', '--pretrain', 'none']
     assert run(reproduce.main, argv + extra) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert_one_error_line(capsys, words)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -177,8 +180,7 @@ def test_reproduce_checks_every_run_before_starting_any(case, data, tmp_path, ca
         argv += ['--skip_train']
     monkeypatch.setattr(reproduce, 'SCRIPTS', {})  # any run started fails the test
     assert run(reproduce.main, argv) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert_one_error_line(capsys, words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['data']
 
 
