@@ -22,7 +22,7 @@ from mvfa.config import PAPER
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
-from mvfa.session import Interrupted, Session, finish_training, report_epoch, run
+from mvfa.session import Interrupted, Session, checkpoint_path, finish_training, report_epoch, run
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
 
 
@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
 
     # '>=' as the authors: among equal scores the latest state is kept.
     selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
-    resume_file = resume_path(session.checkpoint_path())
+    resume_file = resume_path(checkpoint_path(args))
     first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
     saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
     try:
@@ -71,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
             save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
             saved_epoch = epoch
     except KeyboardInterrupt:
-        raise Interrupted(selection, session.checkpoint_path(), how_to_resume(resume_file, saved_epoch)) from None
+        raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
     return finish_training(session, 'zero-shot', selection, model, lambda: score(test_loader),
                            f'end of epoch {args.epoch - 1}', test_set.images)
 

@@ -21,6 +21,7 @@ import torch
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
 from mvfa.evaluation import Evaluation
+from mvfa.flags import flag_text
 from mvfa.results import flag_values
 from mvfa.selection import ModelSelection
 from mvfa.training import AdapterOptimizers
@@ -112,8 +113,8 @@ def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Adap
     for key in sorted(flags.keys() | state['flags'].keys()):
         value = flags.get(key)
         if state['flags'].get(key) != value:
-            raise CheckpointError(f'{path} was made with --{key} {state["flags"].get(key)}, this run has {value}: '
-                                  f'rerun with the same flags, or delete it to start afresh')
+            raise CheckpointError(f'{path} was made with --{key} {flag_text(state["flags"].get(key))}, this run has '
+                                  f'{flag_text(value)}: rerun with the same flags, or delete it to start afresh')
     load_adapters(model, path, {key: state[key] for key in ADAPTER_KEYS})
     optimizers.load_state_dicts(state['optimizers'])
     selection.evaluation = _evaluation_from_tensors(state['selection']['evaluation'])

@@ -99,9 +99,6 @@ class Session:
         return {'num_workers': min(MAX_LOADER_WORKERS, os.cpu_count() or 1), 'pin_memory': True,
                 'persistent_workers': True}
 
-    def checkpoint_path(self) -> Path:
-        return checkpoint_path(self.args)
-
     def provenance(self, images: Sequence[Path], selection: Optional[str], selected: Optional[str],
                    support: Optional[Sequence[Path]] = None, checkpoint: Optional[Path] = None) -> Provenance:
         """How this session's numbers were made, for its results file."""
@@ -111,7 +108,7 @@ class Session:
         """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
         if self.args.save_model != 1:
             return None
-        path = self.checkpoint_path()
+        path = checkpoint_path(self.args)
         # A resumed run's checkpoint is its own best so far.
         if path.is_file() and not self.args.resume:
             keep_previous(path)
