@@ -15,21 +15,19 @@ import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import test_few
 import test_zero
 import train_few
 import train_zero
-from CLIP.factory import check_image_size
 from dataset import synthetic
 from dataset.objects import OBJECTS
-from mvfa.checkpoint import save_adapters
-from mvfa.cli import parser
+from mvfa.cli import parser, run
 from mvfa.flags import FlagParser
-from mvfa.results import flag_values
-from mvfa.session import Session, run
-from mvfa.evaluation import Evaluation
+
+if TYPE_CHECKING:
+    from mvfa.evaluation import Evaluation
 
 # A 12-block CLIP with random weights: nothing to download, fast on a CPU.
 TINY = 'tiny-clip'
@@ -56,7 +54,7 @@ class Row:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = FlagParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__)
     p.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS,
                    help='objects to train and test (zero-shot training always reads the other five)')
     p.add_argument('--size', type=int, default=64, help='side of the synthetic images, pixels')
@@ -95,6 +93,10 @@ def prepare_data(data_path: Path, size: int, n_test: int) -> None:
 def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: List[str]) -> None:
     """The adapters every training run starts from (the scripts seed, then build the model, as
     here), as `<folder>/<Obj>.pth` for the test scripts."""
+    # Imported here, not at the top: --help answers without loading torch.
+    from mvfa.checkpoint import save_adapters
+    from mvfa.results import flag_values
+    from mvfa.session import Session
     args = parser('untrained adapters', obj=OBJECTS[0], save_path=str(folder), few_shot=False,
                   training=False).parse_args(model_flags)
     model = Session(args).load_model()
@@ -143,6 +145,7 @@ def verdict(rows: Sequence[Row], selection: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     args = parse_args(argv)
+    from CLIP.factory import check_image_size  # after parsing: --help answers without loading torch
     check_image_size(TINY, args.img_size)  # before the data is written
     prepare_data(args.data_path, args.size, args.n_test)
     model_flags = TINY_MODEL + ['--data_path', str(args.data_path), '--img_size', str(args.img_size),

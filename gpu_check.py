@@ -38,16 +38,16 @@ Figure = Union[float, str, None]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = FlagParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__)
     p.add_argument('--device', default='cuda', help="'cuda' (or 'cuda:1'); 'cpu' to try the script without a GPU")
     p.add_argument('--model_name', default='ViT-L-14-336', help='as in the scripts, e.g. tiny-clip for a small run')
     p.add_argument('--pretrain', default='none', help="CLIP weights: 'none' (random), 'openai' or a weights file")
-    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24])
-    p.add_argument('--img_size', type=int, default=240)
+    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
+                   help='1-based transformer blocks that get adapters')
+    p.add_argument('--img_size', type=int, default=240, help='input resolution (the paper: 240)')
     p.add_argument('--n_test', type=int, default=BRAIN_TEST_IMAGES_PER_CLASS,
                    help='synthetic test images per class (good, Ungood)')
-    p.add_argument('--shot', type=int, default=4)
+    p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images')
     p.add_argument('--precisions', nargs='+', choices=PRECISIONS, default=list(PRECISIONS),
                    help='the precisions bench.py runs at')
     p.add_argument('--n_images', type=int, default=256, help="bench.py's test images")

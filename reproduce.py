@@ -21,15 +21,11 @@ import test_few
 import test_zero
 import train_few
 import train_zero
-from dataset.objects import OBJECTS
-from dataset.medical_few import DEFAULT_SEED_DIR
-from dataset.validate import validate_object
-from mvfa.checkpoint import CheckpointError
-from mvfa.cli import DATA_PATH, add_model_arguments
+from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from mvfa.cli import DATA_PATH, FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
+from mvfa.config import SELECTION_MODES
 from mvfa.flags import FlagParser, flag_text
-from mvfa.session import run
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
-from mvfa.selection import SELECTION_MODES
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -41,7 +37,7 @@ PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'a
                 ('quick_gelu', 'all'), ('adaptation', 'all'), ('data_path', 'all'), ('device', 'all'),
                 ('precision', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
 # Where the authors' released checkpoints go (the test scripts' defaults); --skip_train falls back to them.
-RELEASED = {'zero-shot': Path(test_few.ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(test_few.FEW_SHOT_CHECKPOINTS)}
+RELEASED = {'zero-shot': Path(ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(FEW_SHOT_CHECKPOINTS)}
 # What summary.md and summary.csv say first about how the numbers were made: (label, flag).
 MADE_WITH = (('model', 'model_name'), ('weights', 'pretrain'), ('image size', 'img_size'),
              ('adapted blocks', 'features_list'), ('epochs', 'epoch'), ('data', 'data_path'))
@@ -70,9 +66,10 @@ class Run:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = FlagParser(description=__doc__.splitlines()[0])
+    p = FlagParser(description=__doc__)
     p.add_argument('--obj', nargs='+', default=['all'], choices=('all',) + OBJECTS, help="objects, or 'all'")
-    p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS)
+    p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS,
+                   help='zero-shot: leave-one-out training (Table 1); few-shot: k-shot adaptation (Table 2)')
     p.add_argument('--shots', type=int, nargs='+', default=[4],
                    help='few-shot k (the paper: 4; 2, 4, 8 and 16 have seed lists)')
     p.add_argument('--iterates', type=int, nargs='+', default=[0],
@@ -86,7 +83,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help='test existing checkpoints instead of training (<ckpt_dir>/zero-shot/<Obj>.pth, '
                         '<ckpt_dir>/few-shot/<k>shot_<draw>/<Obj>.pth; where missing, the authors\' released '
                         '<Obj>.pth)')
-    p.add_argument('--results_dir', type=Path, default=Path('results'))
+    p.add_argument('--results_dir', type=Path, default=Path('results'),
+                   help='folder of the results files (one per run) and summary.md / summary.csv')
     p.add_argument('--ckpt_dir', type=Path, default=Path('ckpt/reproduce'),
                    help="folder of this script's checkpoints: away from the authors' released ones in "
                         f"{RELEASED['zero-shot']}/ and {RELEASED['few-shot']}/")
@@ -148,6 +146,9 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
     """Before the first run starts: every run's data folders, support set and seed list, and with
     --skip_train its checkpoint, so that a problem costs seconds instead of the runs before it
     (each script then checks its images in full)."""
+    # Imported here, not at the top: --help answers without loading torch.
+    from dataset.validate import validate_object
+    from mvfa.checkpoint import CheckpointError
     data_path, seed_dir = args.data_path or DATA_PATH, args.fewshot_seed_dir or DEFAULT_SEED_DIR
     checks = set()
     for task in runs:

@@ -17,6 +17,7 @@ import open_clip
 import torch
 from open_clip.model import CLIP, resize_pos_embed
 
+from mvfa.errors import UserError
 from mvfa.flags import FlagError
 
 CLIP_DIR = Path(__file__).resolve().parent
@@ -28,7 +29,7 @@ SHIPPED_CONFIGS = CLIP_DIR / 'model_configs'
 NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """The CLIP weights cannot be had or do not fit the model; the message says how to fix it."""
 
 

@@ -15,6 +15,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from mvfa.errors import UserError
+
 from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
 
 IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
@@ -22,7 +24,7 @@ IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
 HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data set is not as MVFA expects; the message names the problem and the fix."""
 
 

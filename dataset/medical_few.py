@@ -10,9 +10,7 @@ import torch
 from torch import Tensor
 
 from .bmad import DataError, MedTestDataset, list_images, load_image, load_mask, mask_path
-from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER
-
-DEFAULT_SEED_DIR = Path(__file__).resolve().parent / 'fewshot_seed'
+from .objects import ABNORMAL_FOLDER, DEFAULT_SEED_DIR, NORMAL_FOLDER
 
 
 def seed_list_path(seed_dir: str | Path, obj: str, shot: int) -> Path:

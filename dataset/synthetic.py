@@ -318,13 +318,13 @@ def generate(out_dir: Path, seed: int = 0, size: int = 64, n_test: int = 12, n_v
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True, help='folder to write the data set to')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='the same seed gives byte-identical files')
     parser.add_argument('--size', type=int, default=64, help='image side in pixels')
     parser.add_argument('--n_test', type=int, default=12, help='test images per class (good, Ungood)')
     parser.add_argument('--n_valid', type=int, default=8, help='valid images per class (good, Ungood)')
     parser.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4], help='k of the k-shot seed lists')
     parser.add_argument('--iterations', type=int, default=3, help='draws per seed list')
-    parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS)
+    parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS, help='objects to write')
     args = parse_or_exit(parser, argv)
     out = generate(args.out, args.seed, args.size, args.n_test, args.n_valid, args.shots, args.iterations,
                    args.objects)

@@ -11,14 +11,14 @@ from typing import Dict, Optional, Set
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
+from mvfa.cli import MODEL_FLAGS
+from mvfa.errors import UserError
 from mvfa.flags import flag_text
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
-# The flags that shape the model: a checkpoint fits only the model it was trained with.
-MODEL_FLAGS = ('model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing or does not fit the model; the message says how to fix it."""
 
 

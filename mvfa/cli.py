@@ -1,17 +1,22 @@
-"""The flags the scripts share: one parser for the four scripts' common flags, one for the model's."""
+"""The flags the scripts share, and how a script ends: one parser for the four scripts' common flags, one
+for the model's, and `run`. Torch-free: `--help` and a bad flag answer before torch is imported."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable, List, Optional
 
-from CLIP.adapter import ADAPTATIONS
-from dataset.bmad import OBJECTS
-from dataset.medical_few import DEFAULT_SEED_DIR
-from mvfa.config import PAPER
+from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from mvfa.config import ADAPTATIONS, PAPER, SELECTION_MODES
+from mvfa.errors import UserError
 from mvfa.flags import FlagParser
-from mvfa.selection import SELECTION_MODES
 
 DATA_PATH = './data/'  # the authors' default --data_path
+# The test scripts' default --save_path: where the README puts the authors' released checkpoints.
+FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS = './ckpt/few-shot/', './ckpt/zero-shot/'
+# The flags that shape the model: a checkpoint fits only the model it was trained with.
+MODEL_FLAGS = ('model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation')
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +41,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,
-           learning_rate: float = PAPER.few_shot_learning_rate) -> FlagParser:
-    """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
-    p = FlagParser(description=description)
+           learning_rate: float = PAPER.few_shot_learning_rate, example: Optional[str] = None) -> FlagParser:
+    """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs.
+    `example`: a command line the help shows."""
+    p = FlagParser(description=description, example=example)
     p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
     p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
@@ -76,3 +82,21 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
         for flag in ('--epoch', '--learning_rate', '--save_model'):
             p.add_argument(flag, type=float, help=argparse.SUPPRESS)
     return p
+
+
+def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
+    """Run a script's main; a problem with the user's input becomes one line and exit status 2,
+    Ctrl-C one line and status 130 (the shell's for SIGINT)."""
+    try:
+        main(argv)
+    except UserError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as error:
+        # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
+        how_to_resume = getattr(error, 'how_to_resume', None)
+        if how_to_resume:
+            print(f'\n{how_to_resume}', end='', file=sys.stderr)
+        print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
+        return 130
+    return 0

@@ -37,3 +37,9 @@ class MVFAConfig:
 
 
 PAPER = MVFAConfig()
+
+# How the frozen stream is adapted: MVFA's residual adapters, or the paper's Table 4 ablation
+# (projectors of the frozen stream that feed nothing back).
+ADAPTATIONS = ('adapter', 'projector')
+# Which training state is kept: the best on the test set (the paper), on valid/, or the last.
+SELECTION_MODES = ('test', 'valid', 'last')

@@ -7,8 +7,10 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Set
 
+from mvfa.errors import UserError
 
-class FlagError(ValueError):
+
+class FlagError(UserError):
     """A flag's value is out of its range; the message names the flag and what it accepts."""
 
 
@@ -53,8 +55,27 @@ def check(values: Dict[str, object]) -> None:
                 raise FlagError(f'--{name} must be {rule.meaning}, got {item}')
 
 
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default, written as on the command line (switches and flags
+    without a default have none); the description and example keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ''
+        if any(action.default is none for none in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+            return help_text
+        # Help strings are %-formatted: a default's own '%' must be escaped.
+        return f"{help_text} (default: {flag_text(action.default).replace('%', '%%')})"
+
+
 class FlagParser(argparse.ArgumentParser):
-    """An ArgumentParser whose parse_args also checks every flag against RULES (FlagError)."""
+    """An ArgumentParser whose parse_args also checks every flag against RULES (FlagError), and whose
+    help shows the defaults and, given one, an example command line."""
+
+    def __init__(self, *args: object, example: Optional[str] = None, **kwargs: object) -> None:
+        kwargs.setdefault('formatter_class', HelpWithDefaults)
+        if example is not None:
+            kwargs.setdefault('epilog', f'example:\n  {example}')
+        super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
                    namespace: Optional[argparse.Namespace] = None) -> argparse.Namespace:

@@ -11,11 +11,13 @@ from typing import Optional
 
 import torch
 
+from mvfa.errors import UserError
+
 # glibc's mallopt parameters (malloc.h): never serve allocations by mmap, never trim the heap.
 M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError):
     """The device asked for does not exist here; the message says what does."""
 
 

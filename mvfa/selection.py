@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.checkpoint import ADAPTER_KEYS
+from mvfa.config import SELECTION_MODES
 from mvfa.evaluation import Evaluation
 
-SELECTION_MODES = ('test', 'valid', 'last')
 # Where the scores a selection mode compares come from (`last` compares none).
 SCORED_ON = {'test': 'test', 'valid': 'valid', 'last': None}
 

@@ -1,26 +1,24 @@
-"""What every script sets up and how it ends: seed, device, model and text features; the end of a
-training run, Ctrl-C, and one-line errors."""
+"""What every script sets up: seed, device, model and text features; the end of a training run and Ctrl-C."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
+from CLIP import MultiLevelAdaptedCLIP, create_model
 from CLIP.adapter import check_features
 from CLIP.factory import check_image_size, load_model_config
 from dataset.bmad import DataError
-from mvfa.checkpoint import CheckpointError, keep_previous, load_adapters, read_checkpoint, save_adapters
+from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
 from mvfa.flags import FlagError
 from mvfa.results import Provenance, flag_values, write_results
-from mvfa.runtime import DeviceError, configure_backends, pick_device, resolve_precision
+from mvfa.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
 from mvfa.training import EpochLosses
 from prompt import encode_text_with_prompt_ensemble
@@ -28,8 +26,6 @@ from utils import setup_seed
 
 # Image-decoding processes of a CUDA run (at most one per core).
 MAX_LOADER_WORKERS = 8
-# Problems with the user's input: reported as one line, never as a traceback.
-USER_ERRORS = (DataError, WeightsError, CheckpointError, DeviceError, FlagError)
 
 
 def build_model(args: argparse.Namespace, device: torch.device, precision: str,
@@ -144,20 +140,3 @@ class Interrupted(KeyboardInterrupt):
                          else 'no checkpoint was saved yet')
         self.how_to_resume = how_to_resume
 
-
-def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
-    """Run a script's main; a problem with the user's input becomes one line and exit status 2,
-    Ctrl-C one line and status 130 (the shell's for SIGINT)."""
-    try:
-        main(argv)
-    except USER_ERRORS as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as error:
-        # On a line of its own: the interrupted progress bar (and the terminal's ^C) end without one.
-        how_to_resume = getattr(error, 'how_to_resume', None)
-        if how_to_resume:
-            print(f'\n{how_to_resume}', end='', file=sys.stderr)
-        print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
-        return 130
-    return 0

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bench
+from benchmarks import compare
 from benchmarks.reference import attention_weights_requested
 from mvfa.runtime import reuse_freed_memory
 from open_clip.transformer import ResidualAttentionBlock
@@ -34,7 +35,7 @@ def report_and_file(tmp_path_factory: pytest.TempPathFactory):
 
 def test_both_paths_give_the_same_scores(report_and_file) -> None:
     report, _ = report_and_file
-    assert report['scores_match'] and report['score_max_abs_diff'] < bench.SCORE_TOLERANCE['fp32']
+    assert report['scores_match'] and report['score_max_abs_diff'] < compare.SCORE_TOLERANCE['fp32']
 
 
 def test_report_has_every_field(report_and_file) -> None:
@@ -72,16 +73,16 @@ def test_too_few_images_is_refused() -> None:
 
 
 def test_encode_image_baseline_is_clips_image_embedding() -> None:
-    model = bench.load_model('ours', bench.parse_args(TINY), torch.device('cpu'))
+    model = compare.load_model('ours', bench.parse_args(TINY), torch.device('cpu'))
     images = torch.rand(3, 3, 56, 56)
     with torch.no_grad():
-        torch.testing.assert_close(bench.encode_image(model, images), model.image_encoder(images), atol=1e-5, rtol=0)
+        torch.testing.assert_close(compare.encode_image(model, images), model.image_encoder(images), atol=1e-5, rtol=0)
 
 
 def test_only_our_path_fuses_attention() -> None:
     args = bench.parse_args(TINY)
-    assert not bench.load_model('reference', args, torch.device('cpu')).fused_attention
-    assert bench.load_model('ours', args, torch.device('cpu')).fused_attention
+    assert not compare.load_model('reference', args, torch.device('cpu')).fused_attention
+    assert compare.load_model('ours', args, torch.device('cpu')).fused_attention
 
 
 def test_fp32_process_set_up_turns_tf32_off() -> None:
@@ -89,7 +90,7 @@ def test_fp32_process_set_up_turns_tf32_off() -> None:
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        device, precision = bench.set_up_process(bench.parse_args(['--device', 'cpu', '--precision', 'fp32']))
+        device, precision = compare.set_up_process(bench.parse_args(['--device', 'cpu', '--precision', 'fp32']))
         assert (device.type, precision) == ('cpu', 'fp32')
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import List
 
@@ -21,7 +23,7 @@ from dataset import synthetic
 from dataset.synthetic import generate
 from mvfa.cli import parser
 from mvfa.flags import FlagError, check
-from mvfa.session import run
+from mvfa.cli import run
 
 FEW_SHOT = (train_few, test_few)
 
@@ -191,3 +193,47 @@ def test_reproduce_hands_the_scripts_only_the_model_flags_given():
     assert '--img_size' not in plain and '--model_name' not in plain
     given = reproduce.script_argv(task, reproduce.parse_args(['--skip_train', '--img_size', '240']), Path('ckpt'))
     assert given[given.index('--img_size') + 1] == '240'
+
+
+# Every command a user runs; `--help` of each must answer before torch is imported.
+COMMANDS = ('train_few.py', 'test_few.py', 'train_zero.py', 'test_zero.py', 'predict.py', 'reproduce.py',
+            'demo.py', 'bench.py', 'gpu_check.py', 'dataset/synthetic.py')
+# Runs a command's --help in a fresh interpreter, then reports what a test cannot see from inside this one:
+# whether torch was imported, and the flags that came without a help text.
+HELP_PROBE = '''
+import argparse, runpy, sys
+undocumented = []
+print_help = argparse.ArgumentParser.print_help
+def recording_print_help(parser, file=None):
+    undocumented.extend(a.option_strings[0] for a in parser._actions if a.option_strings and a.help is None)
+    print_help(parser, file)
+argparse.ArgumentParser.print_help = recording_print_help
+sys.argv = [sys.argv[1], '--help']
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit:
+    pass
+print('torch imported:', 'torch' in sys.modules, 'undocumented:', undocumented)
+'''
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_help_shows_every_flag_with_its_default_without_importing_torch(command):
+    """Catches: a module-level import that pulls in torch (--help then takes seconds), a flag added
+    without help, and a parser that does not show defaults."""
+    repo = Path(__file__).resolve().parent.parent
+    shown = subprocess.run([sys.executable, '-c', HELP_PROBE, command], cwd=repo, capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    assert shown.splitlines()[-1] == 'torch imported: False undocumented: []'
+    assert '(default: ' in shown
+
+
+@pytest.mark.parametrize('script, obj', [(train_few, 'Liver'), (test_zero, 'Retina_RESC')])
+def test_help_names_the_default_object_and_gives_an_example(script, obj, capsys):
+    with pytest.raises(SystemExit):
+        script.main(['--help'])
+    shown = capsys.readouterr().out
+    assert f'example:\n  python {Path(script.__file__).name} --obj Brain' in shown
+    words = ' '.join(shown.split())  # as read, whatever the terminal's line breaks
+    assert f'--obj OBJ target object: Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology ' \
+           f'(default: {obj})' in words

@@ -24,7 +24,7 @@ from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.bmad import MedTestDataset
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
-from mvfa import scoring
+from mvfa import few_shot, scoring, zero_shot
 from mvfa.checkpoint import load_adapters, read_checkpoint, save_adapters
 from dataset.objects import OBJECTS, has_masks
 from loss import MVFALoss
@@ -150,8 +150,8 @@ def zero_shot_run(data, tmp_path_factory) -> Dict:
         steps.append((model, images.clone(), masks, text_features.clone()))
         return torch.tensor(0.0)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_zero, 'train_step', spy)
-        remaining = scripted_evaluate(patch, train_zero, SCRIPTED_SCORES)
+        patch.setattr(zero_shot, 'train_step', spy)
+        remaining = scripted_evaluate(patch, zero_shot, SCRIPTED_SCORES)
         result = train_zero.main(script_flags(data, save, 'Liver') + ['--epoch', '1', '--batch_size', '1'])
     return {'steps': steps, 'remaining': remaining, 'result': result, 'save': save}
 
@@ -184,8 +184,8 @@ def test_few_shot_selection_keeps_the_earlier_of_equal_epochs_and_never_a_worse_
     """Catches: train_few.py constructing `ModelSelection(keep_ties=True)` (must be False: strict '>'),
     and a selection that keeps a worse epoch (the comparison in `ModelSelection.consider` flipped).
     Scores per epoch 0.6, 0.5, 0.7, 0.7, 0.4: the kept epoch is 2."""
-    remaining = scripted_evaluate(monkeypatch, train_few, SCRIPTED_SCORES)
-    monkeypatch.setattr(train_few, 'train_step', lambda *args, **kwargs: torch.tensor(0.0))  # what is trained does not matter
+    remaining = scripted_evaluate(monkeypatch, few_shot, SCRIPTED_SCORES)
+    monkeypatch.setattr(few_shot, 'train_step', lambda *args, **kwargs: torch.tensor(0.0))  # what is trained does not matter
     flags = script_flags(data, tmp_path, 'Chest') + ['--shot', '1', '--iterate', '0', '--fewshot_seed_dir',
                                                      str(data / 'fewshot_seed'), '--batch_size', '22']
     result = train_few.main(flags + ['--epoch', str(len(SCRIPTED_SCORES))])

@@ -20,7 +20,8 @@ import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
 from dataset.bmad import load_image, open_image
-from mvfa.session import run
+from mvfa import prediction
+from mvfa.cli import run
 from mvfa.visualize import GAP, MAX_SIDE, colour_bar, overlay
 from mvfa.metrics import auroc
 from prompt import encode_text_with_prompt_ensemble
@@ -102,7 +103,7 @@ def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixe
                                                                 str(mixed_images)])
     assert len(rows) == 5
     table = read_csv(tmp_path / 'scores.csv')
-    assert list(table[0]) == list(predict.CSV_COLUMNS)
+    assert list(table[0]) == list(prediction.CSV_COLUMNS)
     assert [row['path'] for row in table] == [row['path'] for row in rows]
     assert {Path(row['path']).name for row in table} == {'gray.png', 'rgb.png', 'rgba.png', 'photo.jpg'}
     record = json.loads((tmp_path / 'scores.json').read_text())
@@ -116,7 +117,7 @@ def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixe
         assert row['few_shot'] is None and row['few_shot_raw'] is None
         # Input | overlay | colour bar, at the input's own size, whatever the model's.
         width, height = open_image(Path(row['path'])).size
-        bar_width = colour_bar(height, predict.colour_scale(calibrated=False)).shape[1]
+        bar_width = colour_bar(height, prediction.colour_scale(calibrated=False)).shape[1]
         assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
     assert len({row['heatmap'] for row in rows}) == 5  # the two gray.png do not overwrite each other
 
@@ -139,7 +140,7 @@ def test_heatmap_is_drawn_at_the_input_size_with_a_colour_bar(tmp_path, checkpoi
     Image.fromarray(pixels).save(source)
     rows = predict.main(model_flags(checkpoint, SMALL_SIZE) + ['--out', str(tmp_path / 'out'), str(source)])
     heatmap = read_rgb(Path(rows[0]['heatmap']))
-    bar = colour_bar(40, predict.colour_scale(calibrated=False))
+    bar = colour_bar(40, prediction.colour_scale(calibrated=False))
     assert heatmap.shape == (40, 70 + GAP + 70 + GAP + bar.shape[1], 3)
     np.testing.assert_array_equal(heatmap[:, :70], pixels)  # the input as read, not the model's square copy
     np.testing.assert_array_equal(heatmap[:, 2 * (70 + GAP):], bar)
@@ -155,7 +156,7 @@ def test_heatmap_map_is_resized_onto_the_input(tmp_path):
     anomaly_map = torch.zeros(SMALL_SIZE, SMALL_SIZE)
     anomaly_map[:14, 42:] = 1.0  # rows 0-10, columns 52.5-70 of the input
     path = tmp_path / 'heatmap.png'
-    predict.write_heatmap(path, source, anomaly_map, predict.colour_scale(calibrated=False))
+    prediction.write_heatmap(path, source, anomaly_map, prediction.colour_scale(calibrated=False))
     drawn = read_rgb(path)[:, 70 + GAP:2 * 70 + GAP].astype(int)
     by_hand = cv2.resize(anomaly_map.numpy(), (70, 40), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(drawn, overlay(image, by_hand))
@@ -171,8 +172,8 @@ def test_large_input_is_capped(tmp_path):
     gradient = np.linspace(0, 255, width, dtype=np.uint8)  # compresses well, unlike noise
     Image.fromarray(np.tile(gradient, (height, 1))).save(source)
     path = tmp_path / 'heatmap.png'
-    ticks = predict.colour_scale(calibrated=True)
-    predict.write_heatmap(path, source, torch.rand(SMALL_SIZE, SMALL_SIZE), ticks)
+    ticks = prediction.colour_scale(calibrated=True)
+    prediction.write_heatmap(path, source, torch.rand(SMALL_SIZE, SMALL_SIZE), ticks)
     heatmap = read_rgb(path)
     # The longer side capped at MAX_SIDE, aspect kept (1:2).
     assert heatmap.shape == (MAX_SIDE, 2 * (MAX_SIDE // 2 + GAP) + colour_bar(MAX_SIDE, ticks).shape[1], 3)
@@ -182,9 +183,9 @@ def test_large_input_is_capped(tmp_path):
 
 def test_colour_scales():
     # With references: 0 (blue) to HEATMAP_FULL_SCALE (red) reference standard deviations above normal.
-    calibrated = predict.colour_scale(calibrated=True)
-    assert calibrated[0] == (0.0, '0 sd') and calibrated[-1] == (1.0, f'{predict.HEATMAP_FULL_SCALE:g} sd')
-    assert predict.colour_scale(calibrated=False) == [(0.0, '0'), (0.25, '0.25'), (0.5, '0.5'), (0.75, '0.75'),
+    calibrated = prediction.colour_scale(calibrated=True)
+    assert calibrated[0] == (0.0, '0 sd') and calibrated[-1] == (1.0, f'{prediction.HEATMAP_FULL_SCALE:g} sd')
+    assert prediction.colour_scale(calibrated=False) == [(0.0, '0'), (0.25, '0.25'), (0.5, '0.5'), (0.75, '0.75'),
                                                      (1.0, '1')]
 
 
@@ -210,7 +211,7 @@ def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images,
         assert row['few_shot'] == pytest.approx((row['few_shot_raw'] - few['mean']) / few['std'], abs=1e-4)
         # The colour bar is in reference standard deviations.
         width, height = open_image(Path(row['path'])).size
-        bar_width = colour_bar(height, predict.colour_scale(calibrated=True)).shape[1]
+        bar_width = colour_bar(height, prediction.colour_scale(calibrated=True)).shape[1]
         assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
 
 

@@ -25,7 +25,8 @@ from dataset.bmad import load_image, load_mask
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, read_sidecar, save_adapters
-from mvfa.session import run
+from mvfa import few_shot, zero_shot
+from mvfa.cli import run
 from loss import MVFALoss
 from mvfa.training import AdapterOptimizers, train_step
 
@@ -298,7 +299,7 @@ def test_training_warns_with_the_count_of_skipped_steps(data, tmp_path, monkeypa
             calls.append(1)
             loss = super().__call__(*args)
             return loss * float('nan') if len(calls) == 1 else loss
-    monkeypatch.setattr(train_few, 'MVFALoss', FirstStepNaN)
+    monkeypatch.setattr(few_shot, 'MVFALoss', FirstStepNaN)
     save = tmp_path / 'ckpt'
     assert run(train_few.main, flags(data, save) + ['--epoch', '1']) == 0
     skipped = [str(w.message) for w in recwarn if 'not finite' in str(w.message)]
@@ -320,7 +321,7 @@ def interrupt_at_step(module, monkeypatch, at: int, on_interrupt=lambda: None) -
 
 
 def test_ctrl_c_before_any_checkpoint_says_so(data, tmp_path, monkeypatch, capsys):
-    interrupt_at_step(train_few, monkeypatch, at=0)
+    interrupt_at_step(few_shot, monkeypatch, at=0)
     save = tmp_path / 'ckpt'
     assert run(train_few.main, flags(data, save) + ['--epoch', '2']) == 130
     assert last_line(capsys.readouterr().err) == 'interrupted: no checkpoint was saved yet'
@@ -332,7 +333,7 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_resume_continues_as_if_uninterrupt
     """Interrupted in epoch 1, then resumed: the same adapters as two uninterrupted epochs."""
     save = tmp_path / 'interrupted'
     checkpoint, kept = save / 'Liver.pth', []
-    interrupt_at_step(train_few, monkeypatch, at=2, on_interrupt=lambda: kept.append(checkpoint.read_bytes()))
+    interrupt_at_step(few_shot, monkeypatch, at=2, on_interrupt=lambda: kept.append(checkpoint.read_bytes()))
     assert run(train_few.main, flags(data, save) + ['--epoch', '2']) == 130
     assert last_line(capsys.readouterr().err) == f'interrupted: the best checkpoint so far is intact at {checkpoint}'
     assert checkpoint.read_bytes() == kept[0]
@@ -352,7 +353,7 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_resume_continues_as_if_uninterrupt
 @pytest.mark.parametrize('at, hint', [(0, None), (2, 'the same command with --resume continues after epoch 0')])
 def test_ctrl_c_says_how_to_resume_once_an_epoch_is_saved(at, hint, data, tmp_path, monkeypatch, capsys):
     """Two steps per epoch: step 2 is in epoch 1, after epoch 0 was saved for --resume."""
-    interrupt_at_step(train_few, monkeypatch, at=at)
+    interrupt_at_step(few_shot, monkeypatch, at=at)
     save = tmp_path / 'ckpt'
     assert run(train_few.main, flags(data, save) + ['--epoch', '2']) == 130
     lines = capsys.readouterr().err.strip().splitlines()
@@ -370,7 +371,7 @@ def test_ctrl_c_in_zero_shot_training_keeps_the_checkpoint(data, tmp_path, monke
     def interrupted(model, *args, **kwargs):  # the first step: the first evaluation has already saved a checkpoint
         models.append(model)
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_zero, 'train_step', interrupted)
+    monkeypatch.setattr(zero_shot, 'train_step', interrupted)
     assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '1']) == 130
     intact = f'interrupted: the best checkpoint so far is intact at {save / "Liver.pth"}'
     assert last_line(capsys.readouterr().err) == intact
@@ -389,7 +390,7 @@ def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypa
     steps_per_epoch = len(MedTrainDataset(data, 'Liver', SIZE).batches(11, random.Random()))  # --batch_size 11
     save = tmp_path / 'interrupted'
     resume_file = save / 'Liver.resume.pt'
-    interrupt_at_step(train_zero, monkeypatch, at=steps_per_epoch)
+    interrupt_at_step(zero_shot, monkeypatch, at=steps_per_epoch)
     # --resume without a resume state starts at epoch 0, so the same command serves the first run.
     assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '2', '--resume']) == 130
     captured = capsys.readouterr()

@@ -13,7 +13,7 @@ import test_zero
 import train_few
 import train_zero
 from conftest import PARITY
-from mvfa.session import run
+from mvfa.cli import run
 
 
 @pytest.fixture(scope='module')

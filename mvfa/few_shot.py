@@ -1,0 +1,107 @@
+"""Few-shot MVFA runs: training on k abnormal + k normal support images, and the test that fuses
+text and memory-bank scores. train_few.py and test_few.py parse the flags and call these."""
+from __future__ import annotations
+
+import argparse
+from typing import Set
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from dataset.bmad import ValidationSet
+from dataset.medical_few import MedDataset
+from dataset.validate import validate_object
+from loss import MVFALoss
+from mvfa.checkpoint import CheckpointError, adopt_model_flags
+from mvfa.cli import ZERO_SHOT_CHECKPOINTS
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.memory_bank import build_memory_bank
+from mvfa.results import write_results
+from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
+from mvfa.selection import ModelSelection, selection_loader
+from mvfa.session import Interrupted, Session, checkpoint_path, finish_training, report_epoch
+from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, frozen_streams, train_step
+from mvfa.visualize import save_evaluation_heatmaps
+from utils import augment
+
+
+def few_shot_training(args: argparse.Namespace) -> Evaluation:
+    """Train on the support images, scoring after every epoch as `--selection` says; the kept state's test."""
+    session = Session(args)
+    validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir)
+    data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir)
+    model = session.load_model()
+    text_features = session.text_features(args.obj)
+
+    abnormal, abnormal_masks = augment(data.fewshot_abnorm_img, data.fewshot_abnorm_mask)
+    normal, normal_masks = augment(data.fewshot_norm_img)
+    # The frozen blocks up to the first adapters give the same stream every epoch: computed once,
+    # and the whole training set kept on the device.
+    streams = frozen_streams(model, torch.cat([abnormal, normal]), args.eval_batch_size)
+    normal_streams = streams[len(abnormal):]
+    labels = torch.cat([torch.ones(len(abnormal)), torch.zeros(len(normal))]).to(model.device)
+    masks = torch.cat([abnormal_masks, normal_masks]).to(model.device)
+    train_loader = DataLoader(TensorDataset(streams, masks, labels), batch_size=args.batch_size, shuffle=True)
+    test_loader = DataLoader(data, batch_size=args.eval_batch_size, **session.loader_options())
+    scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
+        ValidationSet(args.data_path, args.obj, args.img_size, data.support_images),
+        batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
+    optimizers = AdapterOptimizers(model, args.learning_rate)
+    loss_fn = MVFALoss(args.img_size, model.config)
+
+    def score(loader: DataLoader) -> Evaluation:
+        """The loader's images scored against a memory bank of the model as it is now."""
+        bank = build_memory_bank(model, normal_streams, args.eval_batch_size, from_streams=True)
+        return evaluate(model, loader, text_features, data.has_masks, bank)
+
+    # '>' as the authors: among equal scores the earliest epoch is kept.
+    selection = ModelSelection(args.selection, keep_ties=False, save=session.adapter_saver('few-shot'))
+    resume_file = resume_path(checkpoint_path(args))
+    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args) if args.resume else 0
+    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
+    try:
+        for epoch in range(first_epoch, args.epoch):
+            losses = EpochLosses()
+            for batch_streams, batch_masks, batch_labels in tqdm(train_loader, desc=f'epoch {epoch}', leave=False):
+                losses.add(train_step(model, optimizers, loss_fn, batch_streams, batch_labels,
+                                      batch_masks if data.has_masks else None, text_features, from_streams=True))
+            report_epoch(epoch, losses)
+            if selection.scores_during_training:
+                evaluation = score(scored_loader)
+                print(f'{args.selection} set:\n{evaluation.report(args.obj)}')
+                if selection.consider(model, evaluation, f'epoch {epoch}'):
+                    print('Best result')
+            save_resume_state(resume_file, model, optimizers, epoch, selection, args)
+            saved_epoch = epoch
+    except KeyboardInterrupt:
+        raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
+    return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}',
+                           data.images, data.support_images)
+
+
+def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:
+    """Score the test set with the adapters of <save_path>/<obj>.pth and a memory bank of the normal
+    support images; model flags not in `given_model_flags` are taken from the checkpoint's sidecar."""
+    checkpoint = checkpoint_path(args)
+    made = adopt_model_flags(args, given_model_flags, checkpoint) or {}
+    if args.normal_only and made.get('setting') == 'few-shot':
+        raise CheckpointError(f'{checkpoint} holds few-shot adapters, trained on abnormal images of their object: '
+                              f'--normal_only needs zero-shot ones (--save_path {ZERO_SHOT_CHECKPOINTS})')
+    session = Session(args)
+    validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
+                    normal_only=args.normal_only)
+    data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
+                      normal_only=args.normal_only)
+    model = session.load_model(checkpoint)
+    text_features = session.text_features(args.obj)
+    normal, _ = augment(data.fewshot_norm_img)
+    bank = build_memory_bank(model, normal, args.batch_size)
+    loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
+    evaluation = evaluate(model, loader, text_features, data.has_masks, bank, keep_maps=args.save_vis is not None)
+    print(evaluation.report(args.obj))
+    if args.save_vis is not None:
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
+    write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation, session.provenance(
+        data.images, made.get('selection'), made.get('step'), data.support_images, checkpoint))
+    return evaluation

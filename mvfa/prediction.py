@@ -1,0 +1,251 @@
+"""What predict.py does once its flags are parsed: find the images, score them (with references: a
+calibrated fusion of text and memory-bank scores), write scores.csv, scores.json and heatmaps.
+predict.py's docstring says what the scores mean."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from CLIP import MultiLevelAdaptedCLIP
+from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
+from mvfa import scoring
+from mvfa.config import PAPER
+from mvfa.checkpoint import adopt_model_flags
+from mvfa.memory_bank import build_memory_bank
+from mvfa.session import Session
+from mvfa.visualize import Tick, at_image_size, write_panel
+from utils import augment
+
+# The fewest references that give a spread: the few-shot part of a reference is measured against the others.
+MIN_REFERENCES = 2
+# Floor of a reference spread, so identical references do not divide by zero.
+MIN_SPREAD = 1e-6
+# Heatmap colour scale with references: full red this many reference standard deviations above normal.
+HEATMAP_FULL_SCALE = 4.0
+CSV_COLUMNS = ('path', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
+
+
+def find_images(paths: Sequence[Path], what: str) -> List[Path]:
+    """Image files named directly or found under folders (recursively), in a stable order."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f'{what} {path} does not exist')
+    if not found:
+        raise DataError(f'no {what} images ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(map(str, paths))}')
+    return found
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], img_size: int) -> None:
+        self.paths, self.img_size = list(paths), img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return load_image(self.paths[index], self.img_size)
+
+
+@dataclass
+class Parts:
+    """Raw scores of a batch: per image (B,) and per pixel (B, S, S), each averaged over levels."""
+    zero: Tensor
+    zero_map: Tensor
+    few: Optional[Tensor] = None
+    few_map: Optional[Tensor] = None
+
+
+@dataclass
+class ReferenceBanks:
+    """Per level, one memory bank per reference image (its augmented copies), seg and det heads.
+
+    A patch's distance is measured against banks of k - 1 references: with `left_out` = i the
+    bank without reference i; with None the mean over the k banks that each leave one out.
+    """
+    seg: List[List[Tensor]]
+    det: List[List[Tensor]]
+    left_out: Optional[int] = None
+
+    def leaving_out(self, reference: int) -> 'ReferenceBanks':
+        return replace(self, left_out=reference)
+
+    def patch_distances(self, head: str, level: int, patches: Tensor) -> Tensor:
+        """(B, L, C) patches -> (B, L): 1 - cosine similarity to the nearest token of k - 1 references."""
+        banks = getattr(self, head)[level]
+        queries = patches.reshape(-1, patches.shape[-1])
+        similarity = torch.stack([scoring.nearest_similarity(queries, bank) for bank in banks]).reshape(
+            len(banks), *patches.shape[:2])
+        if self.left_out is not None:
+            similarity[self.left_out] = -math.inf
+            nearest = similarity.amax(dim=0)
+        else:
+            # k - 1 of the k banks hold the nearest reference; the one without it finds the second nearest.
+            best, second = similarity.topk(2, dim=0).values
+            nearest = ((len(banks) - 1) * best + second) / len(banks)
+        return 1.0 - nearest
+
+
+@torch.inference_mode()
+def score_parts(model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor,
+                banks: Optional[ReferenceBanks]) -> Parts:
+    """The batch's det-head image scores and seg-head maps, averaged over levels."""
+    levels = len(model.features)
+    with model.autocast():
+        seg, det = model.adapter_tokens(images.to(model.device))
+        scores = scoring.score_batch(seg, det, text_features, model.img_size, banks, image_scores=True,
+                                     map_head='seg', config=model.config)
+    parts = Parts(zero=scores.zero_image / levels, zero_map=scores.zero_map / levels)
+    if banks is not None:
+        parts.few, parts.few_map = scores.few_image / levels, scores.few_map / levels
+    return parts
+
+
+@dataclass
+class Spread:
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, values: Tensor) -> 'Spread':
+        return cls(values.mean().item(), max(values.float().std().item(), MIN_SPREAD))
+
+    def standardise(self, values: Tensor) -> Tensor:
+        return (values - self.mean) / self.std
+
+
+@dataclass
+class Calibration:
+    """Spreads of the reference images' parts: image scores and pixel maps, zero- and few-shot."""
+    references: int
+    zero: Spread
+    few: Spread
+    zero_map: Spread
+    few_map: Spread
+
+    def score(self, parts: Parts) -> Tuple[Tensor, Tensor, Tensor]:
+        """(fused, zero-shot, few-shot) standardised image scores."""
+        zero, few = self.zero.standardise(parts.zero), self.few.standardise(parts.few)
+        return PAPER.zero_shot_weight * zero + PAPER.few_shot_weight * few, zero, few
+
+    def heatmap(self, parts: Parts) -> Tensor:
+        fused = (PAPER.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
+                 + PAPER.few_shot_weight * self.few_map.standardise(parts.few_map))
+        return fused / HEATMAP_FULL_SCALE
+
+
+class Reference:
+    """The memory banks of the augmented normal references and the calibration they give."""
+
+    def __init__(self, model: MultiLevelAdaptedCLIP, images: Tensor, text_features: Tensor, batch_size: int) -> None:
+        if len(images) < MIN_REFERENCES:
+            raise DataError(f'--reference needs at least {MIN_REFERENCES} normal images to calibrate the '
+                            f'few-shot score (leave-one-out), got {len(images)}')
+        # One bank per reference, so each can be left out of the bank its own score is measured against.
+        banks = [build_memory_bank(model, augment(image[None])[0], batch_size) for image in images]
+        self.banks = ReferenceBanks([list(level) for level in zip(*(b.seg for b in banks))],
+                                    [list(level) for level in zip(*(b.det for b in banks))])
+        parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
+                 for i in tqdm(range(len(images)), desc='references', leave=False)]
+        self.calibration = Calibration(
+            references=len(images),
+            zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
+            zero_map=Spread.of(torch.cat([p.zero_map for p in parts])),
+            few_map=Spread.of(torch.cat([p.few_map for p in parts])))
+
+
+def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
+    """`<folder>/<stem>.png` per input, numbered where stems repeat (same name in two folders)."""
+    paths, taken = [], set()
+    for image in images:
+        name, copy = f'{image.stem}.png', 1
+        while name in taken:
+            name, copy = f'{image.stem}-{copy}.png', copy + 1
+        taken.add(name)
+        paths.append(folder / name)
+    return paths
+
+
+def colour_scale(calibrated: bool) -> List[Tick]:
+    """Ticks of the heatmap's colour bar: reference standard deviations above normal, or the zero-shot probability."""
+    if calibrated:
+        return [(sd / HEATMAP_FULL_SCALE, f'{sd} sd') for sd in range(math.floor(HEATMAP_FULL_SCALE) + 1)]
+    return [(p, f'{p:g}') for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+
+def write_heatmap(path: Path, source: Path, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
+    """Input | JET overlay of `heatmap` (0 blue, 1 and above red) | colour bar, at the size of the input as read."""
+    image, anomaly_map = at_image_size(np.asarray(open_image(source)), heatmap.clamp(0, 1).numpy())
+    write_panel(path, image, anomaly_map, ticks=ticks)
+
+
+def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]:
+    """Score the inputs; returns the rows written to scores.csv / scores.json. Model flags not in
+    `given_model_flags` are taken from the checkpoint's sidecar."""
+    adopt_model_flags(args, given_model_flags, args.checkpoint)
+    inputs = find_images(args.inputs + args.input_paths, 'input')
+    references = find_images(args.reference, 'reference') if args.reference else None
+    session = Session(args)
+    model = session.load_model(args.checkpoint)
+    text_features = session.text_features(args.obj)
+    reference = None
+    if references is not None:
+        reference = Reference(model, torch.stack([load_image(p, args.img_size) for p in references]), text_features,
+                              args.batch_size)
+
+    heatmaps = heatmap_paths(inputs, args.out / 'heatmaps')
+    heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
+    banks = None if reference is None else reference.banks
+    ticks = colour_scale(calibrated=reference is not None)
+    rows: List[Dict] = []
+    for images in tqdm(loader, desc='predict'):
+        parts = score_parts(model, images, text_features, banks)
+        if reference is None:
+            score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
+        else:
+            (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
+        for i in range(len(images)):
+            index = len(rows)
+            write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
+            rows.append({'path': str(inputs[index]), 'score': score[i].item(), 'zero_shot': zero[i].item(),
+                         'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
+                         'few_shot_raw': None if parts.few is None else parts.few[i].item(),
+                         'heatmap': str(heatmaps[index])})
+    write_scores(args, rows, reference, references)
+    return rows
+
+
+def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional[Reference],
+                 references: Optional[List[Path]]) -> None:
+    with open(args.out / 'scores.csv', 'w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
+    record = {
+        'mode': 'zero-shot' if reference is None else 'zero-shot + few-shot (reference memory bank)',
+        'score': ('zero-shot abnormal probability in [0, 1], uncalibrated' if reference is None else
+                  '0.5 * zero-shot z + 0.5 * few-shot z, in standard deviations of the references (0: normal)'),
+        'obj': args.obj, 'checkpoint': str(args.checkpoint),
+        'references': None if references is None else [str(p) for p in references],
+        'calibration': None if reference is None else asdict(reference.calibration),
+        'images': rows,
+    }
+    (args.out / 'scores.json').write_text(json.dumps(record, indent=2), encoding='utf-8')
+    print(f'{len(rows)} images scored: {args.out / "scores.csv"}, {args.out / "scores.json"}, '
+          f'{args.out / "heatmaps"}/')

@@ -1,0 +1,93 @@
+"""Zero-shot MVFA runs: leave-one-out training on the other objects, and the test of an object
+never trained on. train_zero.py and test_zero.py parse the flags and call these."""
+from __future__ import annotations
+
+import argparse
+import random
+from typing import Set
+
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset.bmad import ValidationSet
+from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
+from dataset.objects import has_masks
+from dataset.validate import validate_leave_one_out, validate_object
+from loss import MVFALoss
+from mvfa.checkpoint import adopt_model_flags
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.results import write_results
+from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
+from mvfa.selection import ModelSelection, selection_loader
+from mvfa.session import Interrupted, Session, checkpoint_path, finish_training, report_epoch
+from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
+from mvfa.visualize import save_evaluation_heatmaps
+
+
+def zero_shot_training(args: argparse.Namespace) -> Evaluation:
+    """Train on the other objects, scoring the target as `--selection` says; the kept state's test."""
+    session = Session(args)
+    validate_leave_one_out(args.data_path, args.obj, args.img_size)
+    train_set = MedTrainDataset(args.data_path, args.obj, args.img_size)
+    test_set = MedTestDataset(args.data_path, args.obj, args.img_size)
+    model = session.load_model()
+    source_text = [session.text_features(source) for source in train_set.sources]
+    target_text = session.text_features(args.obj)
+    test_loader = DataLoader(test_set, batch_size=args.eval_batch_size, **session.loader_options())
+    scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
+        ValidationSet(args.data_path, args.obj, args.img_size), batch_size=args.eval_batch_size,
+        **session.loader_options())), args.cache_streams)
+    optimizers = AdapterOptimizers(model, args.learning_rate)
+    loss_fn = MVFALoss(args.img_size, model.config)
+    # The batch order's own generator: the resume state keeps its state beside the global ones.
+    shuffler = random.Random(args.seed)
+
+    def score(loader: DataLoader) -> Evaluation:
+        return evaluate(model, loader, target_text, test_set.has_masks, progress=False)
+
+    # '>=' as the authors: among equal scores the latest state is kept.
+    selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
+    resume_file = resume_path(checkpoint_path(args))
+    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
+    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
+    try:
+        for epoch in range(first_epoch, args.epoch):
+            batches = train_set.batches(args.batch_size, shuffler)
+            loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
+            interval = max(1, len(batches) // model.config.evaluations_per_epoch)
+            losses = EpochLosses()
+            for step, (images, labels, masks, source) in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
+                if step % interval == 0 and selection.scores_during_training:
+                    evaluation = score(scored_loader)
+                    if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
+                        print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
+                source_masks = masks if has_masks(train_set.sources[source]) else None
+                losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks,
+                                      source_text[source]))
+            report_epoch(epoch, losses)
+            save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
+            saved_epoch = epoch
+    except KeyboardInterrupt:
+        raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
+    return finish_training(session, 'zero-shot', selection, model, lambda: score(test_loader),
+                           f'end of epoch {args.epoch - 1}', test_set.images)
+
+
+def zero_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:
+    """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; model flags
+    not in `given_model_flags` are taken from the checkpoint's sidecar."""
+    checkpoint = checkpoint_path(args)
+    made = adopt_model_flags(args, given_model_flags, checkpoint) or {}
+    session = Session(args)
+    validate_object(args.data_path, args.obj, args.img_size)
+    data = MedTestDataset(args.data_path, args.obj, args.img_size)
+    model = session.load_model(checkpoint)
+    loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
+    evaluation = evaluate(model, loader, session.text_features(args.obj), data.has_masks,
+                          keep_maps=args.save_vis is not None)
+    print(evaluation.report(args.obj))
+    if args.save_vis is not None:
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
+    write_results(args, 'zero-shot', evaluation, session.provenance(
+        data.images, made.get('selection'), made.get('step'), checkpoint=checkpoint))
+    return evaluation
