@@ -6,6 +6,9 @@ checkpoints) in-process, one results JSON per run under <results_dir>/<setting>/
 the published ones. For example, the paper's settings with three seed-list draws:
 
     python reproduce.py --obj all --settings zero-shot few-shot --shots 4 --iterates 0 1 2
+
+`--study NAME` runs one of the paper's other studies instead (mvfa/studies.py): projectors, levels,
+shots, tsne or level_maps, into <results_dir>/<study>/.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import test_few
 import test_zero
@@ -26,6 +29,7 @@ from mvfa.cli import DATA_PATH, FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add
 from mvfa.config import SELECTION_MODES
 from mvfa.flags import FlagParser, flag_text
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
+from mvfa.studies import STUDIES, STUDY_HELP
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -93,9 +97,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
     p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
     p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
+    p.add_argument('--study', choices=tuple(STUDIES), help=STUDY_HELP)
     args = p.parse_args(argv)
-    # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar.
-    args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH])
+    # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar;
+    # --shots too, whose default a study replaces when it is not given.
+    args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH] + ['shots'])
     return args
 
 
@@ -161,6 +167,14 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
             checks.update((obj, None, None) for obj in (OBJECTS if not args.skip_train else [task.obj]))
     for obj, shot, iterate in sorted(checks, key=str):
         validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
+
+
+def plan_and_run(variants: List[argparse.Namespace]) -> List[Tuple[List[Run], List[Dict]]]:
+    """The runs and results records of each set of flags, every run checked before the first starts."""
+    plans = [plan(args) for args in variants]
+    for runs, args in zip(plans, variants):
+        check_runs(runs, args)
+    return [(runs, [execute(task, args) for task in runs]) for runs, args in zip(plans, variants)]
 
 
 def execute(task: Run, args: argparse.Namespace) -> Dict:
@@ -315,11 +329,26 @@ def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> 
     print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
 
 
+def run_study(args: argparse.Namespace) -> List[Dict]:
+    """A study of mvfa/studies.py: its variants' runs, then its tables and figures in <results_dir>/<study>/."""
+    study = STUDIES[args.study]
+    variants = study.variants(args)
+    outcomes = [(variant, runs, records)
+                for variant, (runs, records) in zip(variants, plan_and_run([variant.args for variant in variants]))]
+    made = made_with([record for _, _, records in outcomes for record in records])
+    out = args.results_dir / args.study
+    out.mkdir(parents=True, exist_ok=True)
+    rows = study.write(args.study, outcomes, made, made_with_text(made), out)
+    print((out / 'summary.md').read_text(encoding='utf-8'))
+    print(f'{args.study} study written to {out}')
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
-    runs = plan(args)
-    check_runs(runs, args)
-    records = [execute(task, args) for task in runs]
+    if args.study is not None:
+        return run_study(args)
+    (runs, records), = plan_and_run([args])
     rows = summarise(runs, records)
     made = made_with(records)
     write_summary(rows, made, args.results_dir)

@@ -32,6 +32,9 @@ class Evaluation:
     pixel_auroc: Optional[float] = None
     # (N, S, S) maps in [0, 1] for heatmaps, every object (`evaluate(keep_maps=True)`).
     maps: Optional[np.ndarray] = None
+    # (N, K, S, S): the maps of each of the K levels apart, each normalised over the test set as
+    # `maps` is (`evaluate(keep_level_maps=True)`).
+    level_maps: Optional[np.ndarray] = None
 
     @property
     def selection_score(self) -> float:
@@ -64,26 +67,30 @@ def normalised_scores(zero_shot: List[Tensor], few_shot: List[Tensor]) -> Tensor
 
 @torch.inference_mode()
 def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Tensor, has_masks: bool,
-             bank: Optional[MemoryBank] = None, progress: bool = True, keep_maps: bool = False) -> Evaluation:
+             bank: Optional[MemoryBank] = None, progress: bool = True, keep_maps: bool = False,
+             keep_level_maps: bool = False) -> Evaluation:
     """Score a test set: zero-shot alone, or fused with the memory bank when one is given.
 
     Objects with masks are scored on the seg head (image score: the max of the fused map in the
     few-shot setting); the others on the det head. `keep_maps` also keeps a map per image in
-    `maps`: the pixel scores, or for the others maps of the det head their image scores come from.
+    `maps`: the pixel scores, or for the others maps of the det head their image scores come from;
+    `keep_level_maps` keeps those maps of each level apart too, in `level_maps` (K times the memory).
     The loader yields images, or frozen streams from `cache_streams`. Drawing no random numbers
     (a DataLoader draws one per pass), it leaves a training run that evaluates as it would be.
     """
     tokens_of = model.adapter_tokens_from_stream if isinstance(loader.dataset, FrozenStreams) else model.adapter_tokens
+    keep_maps = keep_maps or keep_level_maps
     map_head = 'seg' if has_masks else ('det' if keep_maps else None)
     image_scores_needed = not (has_masks and bank is not None)
-    parts: Dict[str, List[Tensor]] = {'zero_image': [], 'few_image': [], 'zero_map': [], 'few_map': []}
+    parts: Dict[str, List[Tensor]] = {'zero_image': [], 'few_image': [], 'zero_map': [], 'few_map': [],
+                                      'zero_level_maps': [], 'few_level_maps': []}
     labels, masks = [], []
     with torch.random.fork_rng(devices=[]):
         for inputs, batch_labels, batch_masks in tqdm(loader, desc='test', leave=False, disable=not progress):
             with model.autocast():
                 seg, det = tokens_of(inputs.to(model.device, non_blocking=True))
                 scores = scoring.score_batch(seg, det, text_features, model.img_size, bank,
-                                             image_scores_needed, map_head, model.config)
+                                             image_scores_needed, map_head, model.config, keep_level_maps)
             for name, part in vars(scores).items():
                 if part is not None:
                     parts[name].append(part)
@@ -107,4 +114,9 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
     if keep_maps:
         result.maps = (result.pixel_scores if has_masks
                        else normalised_scores(parts['zero_map'], parts['few_map']).cpu().numpy())
+    if keep_level_maps:
+        levels = range(len(model.features))
+        result.level_maps = torch.stack([normalised_scores([batch[:, level] for batch in parts['zero_level_maps']],
+                                                           [batch[:, level] for batch in parts['few_level_maps']])
+                                         for level in levels], dim=1).cpu().numpy()
     return result

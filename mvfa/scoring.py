@@ -75,8 +75,8 @@ def zero_shot_level_probs(level_tokens: Tensor, text_features: Tensor, img_size:
     return upsample(logits, img_size).softmax(dim=1)
 
 
-def zero_shot_maps(tokens: Tokens, text_features: Tensor, img_size: int, config: MVFAConfig = PAPER) -> Tensor:
-    """(B, S, S) anomaly maps: abnormal probability per pixel, summed over levels.
+def zero_shot_level_maps(tokens: Tokens, text_features: Tensor, img_size: int, config: MVFAConfig = PAPER) -> Tensor:
+    """(B, K, S, S): each of the K levels' abnormal probability per pixel.
 
     The abnormal softmax probability of two states is the sigmoid of their logit difference,
     and upsampling is linear, so one channel per level is upsampled (what
@@ -86,7 +86,12 @@ def zero_shot_maps(tokens: Tokens, text_features: Tensor, img_size: int, config:
     for level_tokens in tokens:
         logits = text_logits(patch_tokens(level_tokens), text_features, config)
         margins.append(logits[..., ABNORMAL_COLUMN] - logits[..., NORMAL_COLUMN])
-    return upsample(torch.stack(margins, dim=1), img_size).sigmoid().sum(dim=1)
+    return upsample(torch.stack(margins, dim=1), img_size).sigmoid()
+
+
+def zero_shot_maps(tokens: Tokens, text_features: Tensor, img_size: int, config: MVFAConfig = PAPER) -> Tensor:
+    """(B, S, S) anomaly maps: abnormal probability per pixel, summed over levels."""
+    return zero_shot_level_maps(tokens, text_features, img_size, config).sum(dim=1)
 
 
 def normalised_bank(tokens: List[Tensor]) -> Tensor:
@@ -108,13 +113,20 @@ def nearest_similarity(queries: Tensor, bank: Tensor) -> Tensor:
     return best
 
 
-def few_shot_maps(tokens: Tokens, bank: PatchDistances, head: str, img_size: int) -> Tensor:
-    """(B, S, S) anomaly maps: each patch's distance to the bank, summed over levels.
+def few_shot_level_distances(tokens: Tokens, bank: PatchDistances, head: str) -> List[Tensor]:
+    """Per level, each patch's (B, L) distance to the bank."""
+    return [bank.patch_distances(head, level, patch_tokens(t)) for level, t in enumerate(tokens)]
 
-    Upsampling is linear, so the levels are summed on the patch grid and upsampled once.
-    """
-    total = sum(bank.patch_distances(head, level, patch_tokens(t)) for level, t in enumerate(tokens))
-    return upsample(total[:, None], img_size)[:, 0]
+
+def summed_map(level_distances: List[Tensor], img_size: int) -> Tensor:
+    """(B, S, S): the levels' (B, L) distances summed. Upsampling is linear, so they are summed on
+    the patch grid and upsampled once."""
+    return upsample(sum(level_distances)[:, None], img_size)[:, 0]
+
+
+def few_shot_maps(tokens: Tokens, bank: PatchDistances, head: str, img_size: int) -> Tensor:
+    """(B, S, S) anomaly maps: each patch's distance to the bank, summed over levels."""
+    return summed_map(few_shot_level_distances(tokens, bank, head), img_size)
 
 
 def min_max_normalise(scores: Tensor) -> Tensor:
@@ -138,24 +150,31 @@ class BatchScores:
     """Raw scores of a batch, each summed over levels, before any test-set normalisation.
 
     Image scores (B,) come from the det head; maps (B, S, S) from the head `score_batch` was
-    asked for. Few-shot parts are None without a memory bank, and parts not asked for are None.
+    asked for, and with `level_maps` that head's maps of each level apart (B, K, S, S), whose
+    sum over K is the map. Few-shot parts are None without a memory bank, and parts not asked
+    for are None.
     """
     zero_image: Optional[Tensor] = None
     few_image: Optional[Tensor] = None
     zero_map: Optional[Tensor] = None
     few_map: Optional[Tensor] = None
+    zero_level_maps: Optional[Tensor] = None
+    few_level_maps: Optional[Tensor] = None
 
 
 def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, img_size: int,
                 bank: Optional[PatchDistances] = None, image_scores: bool = True, map_head: Optional[str] = None,
-                config: MVFAConfig = PAPER) -> BatchScores:
-    """Image scores (`image_scores`) and anomaly maps (of head `map_head`, 'seg' or 'det') of a batch.
+                config: MVFAConfig = PAPER, level_maps: bool = False) -> BatchScores:
+    """Image scores (`image_scores`) and anomaly maps (of head `map_head`, 'seg' or 'det') of a batch;
+    with `level_maps` also the maps of each level (the paper's Figure 4).
 
     Zero-shot parts from the text features; few-shot parts from `bank` where one is given: the
     few-shot image score is the mean of the det head's few-shot map, as in the authors' code.
     """
     if map_head is not None and map_head not in HEADS:
         raise ValueError(f'map_head must be one of {HEADS} or None, got {map_head!r}')
+    if level_maps and map_head is None:
+        raise ValueError('level_maps needs a map_head')
     scores = BatchScores()
     det_few_map = None
     if image_scores:
@@ -165,8 +184,16 @@ def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, i
             scores.few_image = det_few_map.flatten(1).mean(dim=1)
     if map_head is not None:
         tokens = seg_tokens if map_head == 'seg' else det_tokens
-        scores.zero_map = zero_shot_maps(tokens, text_features, img_size, config).float()
+        zero_levels = zero_shot_level_maps(tokens, text_features, img_size, config)
+        scores.zero_map = zero_levels.sum(dim=1).float()
+        if level_maps:
+            scores.zero_level_maps = zero_levels.float()
         if bank is not None:
-            reuse = map_head == 'det' and det_few_map is not None
-            scores.few_map = det_few_map if reuse else few_shot_maps(tokens, bank, map_head, img_size)
+            if map_head == 'det' and det_few_map is not None and not level_maps:
+                scores.few_map = det_few_map
+            else:
+                distances = few_shot_level_distances(tokens, bank, map_head)
+                scores.few_map = summed_map(distances, img_size)
+                if level_maps:
+                    scores.few_level_maps = upsample(torch.stack(distances, dim=1), img_size)
     return scores

@@ -1,0 +1,281 @@
+"""The paper's studies beyond its main tables, run by `reproduce.py --study NAME`.
+
+- projectors: Table 4, residual adapters against projectors of the frozen stream (zero-shot);
+- levels: Table 5, each single adapted level against all of them (few-shot);
+- shots: image and pixel AUROC against k = 2, 4, 8, 16 (few-shot), with a plot;
+- tsne: Figure 6, t-SNE of test-set image features before and after adaptation;
+- level_maps: Figure 4, each level's anomaly map beside the fused one.
+
+A study is a list of variants, each a set of reproduce.py runs with some flags changed. reproduce.py
+runs them with its own machinery (plan, checks, the scripts) and hands the results here; this module
+does not import it (reproduce.py dispatches to it). Each study writes
+<results_dir>/<study>/summary.md and summary.csv, and a PNG where a plot reads better; each variant
+keeps its runs' results under <results_dir>/<study>/<variant>/ and checkpoints under
+<ckpt_dir>/<study>/<variant>/. Torch, scikit-learn and matplotlib are imported only by the figure
+studies, when they run: importing this module (as reproduce.py does for --help) stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+from mvfa.paper_results import PAPER_NAMES, published
+
+LEVELS = ('image', 'pixel')
+SHOT_CURVE = (2, 4, 8, 16)  # the shots the authors ship seed lists for
+FIGURE_SHOT = 4  # the few-shot setting of the figures' adapters (the paper's), unless --shots says otherwise
+# The figures' objects when --obj is 'all': the paper's t-SNE is of RESC; the level maps need pixel masks.
+FIGURE_OBJECTS = {'tsne': ['Retina_RESC'], 'level_maps': ['Brain', 'Liver', 'Retina_RESC']}
+
+
+class PlannedRun(Protocol):
+    """What a study reads of reproduce.py's Run."""
+    obj: str
+    shot: int
+    draw: str
+
+
+@dataclass
+class Variant:
+    """One row group of a study: its label, the reproduce.py flags of its runs, and whether it is the
+    paper's main configuration (so that Tables 1 and 2 give its published numbers)."""
+    label: str
+    args: argparse.Namespace
+    paper_configuration: bool
+
+    @property
+    def setting(self) -> str:
+        return self.args.settings[0]
+
+    @property
+    def shot(self) -> int:
+        return 0 if self.setting == 'zero-shot' else self.args.shots[0]
+
+
+# A variant's runs and their results records, in plan order.
+Outcome = Tuple[Variant, Sequence[PlannedRun], List[Dict]]
+
+
+def variant_args(args: argparse.Namespace, folder: str, ckpt_group: Optional[str] = None,
+                 **flags) -> argparse.Namespace:
+    """reproduce.py's flags with `flags` changed, results in the variant's own folder and checkpoints in
+    <ckpt_dir>/<ckpt_group, by default the study>/<folder>; a changed model flag is handed to the scripts
+    (reproduce.py passes on only the flags given)."""
+    changed = copy.copy(args)
+    vars(changed).update(flags)
+    changed.results_dir = args.results_dir / args.study / folder
+    changed.ckpt_dir = args.ckpt_dir / (ckpt_group or args.study) / folder
+    changed.given = set(args.given) | set(flags)
+    return changed
+
+
+def projector_variants(args: argparse.Namespace) -> List[Variant]:
+    return [Variant(adaptation, variant_args(args, adaptation, settings=['zero-shot'], adaptation=adaptation),
+                    paper_configuration=adaptation == 'adapter') for adaptation in ('adapter', 'projector')]
+
+
+def level_variants(args: argparse.Namespace) -> List[Variant]:
+    """Per k of --shots: each level of --features_list alone, then all of them."""
+    variants = []
+    for shot in args.shots:
+        singles = [([level], f'block {level}', False) for level in args.features_list]
+        every = (list(args.features_list), f'all ({" ".join(map(str, args.features_list))})', True)
+        for features, label, paper_configuration in singles + [every]:
+            folder = f'{shot}shot_blocks_{"_".join(map(str, features))}'
+            variants.append(Variant(label, variant_args(args, folder, settings=['few-shot'], shots=[shot],
+                                                        features_list=features), paper_configuration))
+    return variants
+
+
+def shot_variants(args: argparse.Namespace) -> List[Variant]:
+    shots = args.shots if 'shots' in args.given else list(SHOT_CURVE)
+    return [Variant(f'k = {shot}', variant_args(args, f'{shot}shot', settings=['few-shot'], shots=[shot]),
+                    paper_configuration=True) for shot in shots]
+
+
+def figure_variants(args: argparse.Namespace) -> List[Variant]:
+    """The adapters a figure shows: few-shot, the first k of --shots (4 by default) and the first draw.
+    Both figure studies keep them in <ckpt_dir>/figures/, so that the second can run with --skip_train."""
+    objects = FIGURE_OBJECTS[args.study] if 'all' in args.obj else args.obj
+    shot = args.shots[0] if 'shots' in args.given else FIGURE_SHOT
+    draws = {'random_draws': 1} if args.random_draws is not None else {'iterates': args.iterates[:1]}
+    return [Variant(f'k = {shot}', variant_args(args, f'{shot}shot', 'figures', settings=['few-shot'],
+                                                shots=[shot], obj=objects, **draws), paper_configuration=True)]
+
+
+# ---------------------------------------------------------------- tables of AUROCs
+
+def mean_and_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (None for one value) of the values; (None, None) for none."""
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def percent(record: Dict, level: str) -> Optional[float]:
+    value = record.get(f'{level}_auroc')
+    return None if value is None else 100.0 * value
+
+
+def paper_auroc(variant: Variant, obj: str, level: str) -> Optional[float]:
+    if not variant.paper_configuration:
+        return None
+    numbers = published(variant.setting, variant.shot, 'paper', obj)
+    return None if numbers is None else numbers[LEVELS.index(level)]
+
+
+def auroc_row(variant: Variant, obj: str, draws: int, per_draw: Dict[str, List[float]],
+              paper: Dict[str, Optional[float]]) -> Dict:
+    row = {'variant': variant.label, 'setting': variant.setting, 'shot': variant.shot,
+           'features_list': ' '.join(map(str, variant.args.features_list)), 'adaptation': variant.args.adaptation,
+           'object': obj, 'draws': draws}
+    for level in LEVELS:
+        row[f'{level}_auroc_mean'], row[f'{level}_auroc_std'] = mean_and_std(per_draw[level])
+        row[f'{level}_auroc_paper'] = paper[level]
+    return row
+
+
+def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dict]) -> List[Dict]:
+    """Per object its AUROCs (%) over the draws, then their Average: per draw the mean over the objects
+    (pixel: over those with masks, as the paper), then mean ± std over the draws."""
+    objects = list(dict.fromkeys(run.obj for run in runs))
+    draws = list(dict.fromkeys(run.draw for run in runs))
+    rows = []
+    for obj in objects:
+        mine = [record for run, record in zip(runs, records) if run.obj == obj]
+        per_draw = {level: [v for v in (percent(r, level) for r in mine) if v is not None] for level in LEVELS}
+        rows.append(auroc_row(variant, obj, len(mine), per_draw,
+                              {level: paper_auroc(variant, obj, level) for level in LEVELS}))
+    averages: Dict[str, List[float]] = {level: [] for level in LEVELS}
+    for draw in draws:
+        for level in LEVELS:
+            values = [v for v in (percent(r, level) for run, r in zip(runs, records) if run.draw == draw)
+                      if v is not None]
+            if values:
+                averages[level].append(statistics.mean(values))
+    paper = {}
+    for level in LEVELS:
+        scored = [row['object'] for row in rows if row[f'{level}_auroc_mean'] is not None]
+        numbers = [paper_auroc(variant, obj, level) for obj in scored]
+        paper[level] = statistics.mean(numbers) if numbers and None not in numbers else None
+    return rows + [auroc_row(variant, 'Average', len(draws), averages, paper)]
+
+
+def cell(mean: Optional[float], std: Optional[float] = None) -> str:
+    if mean is None:
+        return '–'
+    return f'{mean:.2f} ± {std:.2f}' if std is not None else f'{mean:.2f}'
+
+
+def auroc_table(rows: List[Dict], first_column: Callable[[Dict], str], first_header: str) -> List[str]:
+    header = [first_header, 'Draws', 'Image AUROC', 'Paper', 'Pixel AUROC', 'Paper']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    for row in rows:
+        cells = [first_column(row), str(row['draws'])]
+        for level in LEVELS:
+            cells += [cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']), cell(row[f'{level}_auroc_paper'])]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+TITLES = {'projectors': 'Adapters vs projectors, zero-shot (paper Table 4)',
+          'levels': 'Single levels vs all levels, few-shot (paper Table 5)',
+          'shots': 'AUROC against the number of shots k',
+          'tsne': 't-SNE of test-set image features before and after adaptation (paper Figure 6)',
+          'level_maps': "Each level's anomaly map and the fused map (paper Figure 4)"}
+NOTES = {
+    'projectors': 'adapter: MVFA, whose adapters feed back into the stream (`--adaptation adapter`); projector: '
+                  'projections of the frozen stream that feed nothing back (`--adaptation projector`). Paper: '
+                  "the adapter row is MVFA's Table 1; the paper's projector numbers are not transcribed here.",
+    'levels': 'block L: adapters at that block alone (`--features_list L`); all: at every block of '
+              '--features_list. Paper: all four levels of ViT-L give 88.97 image / 98.67 pixel AUROC '
+              '(the averages of its Table 2, which the all row shows over the objects run); the paper reports '
+              'the second level (block 12) as the best single one; its single-level numbers are not '
+              'transcribed here.',
+    'shots': 'Paper: k = 4 is its Table 2; it gives no table for the other k. The authors ship one seed-list '
+             'draw per k: `--random_draws N` gives N seeded draws and a spread.'}
+
+
+def auroc_markdown(study: str, rows: List[Dict], made_with: str) -> str:
+    lines = [f'# MVFA study: {TITLES[study]}', '', made_with, '',
+             'AUROC (%). Mean ± sample std over the draws of the support set (no ± for one draw); Average: '
+             'per draw the mean over the objects (pixel: those with masks), then over the draws. '
+             + NOTES[study], '', '## Average over the objects', '']
+    lines += auroc_table([row for row in rows if row['object'] == 'Average'], lambda row: row['variant'], 'Variant')
+    lines += ['', '## Per object', '']
+    lines += auroc_table([row for row in rows if row['object'] != 'Average'],
+                         lambda row: f"{row['variant']}: {PAPER_NAMES.get(row['object'], row['object'])}",
+                         'Variant: object')
+    return '\n'.join(lines) + '\n'
+
+
+def write_csv(path: Path, made: Dict[str, str], rows: List[Dict]) -> None:
+    """Every row opens with how the numbers were made, as reproduce.py's summary.csv."""
+    described = [{**made, **row} for row in rows]
+    with open(path, 'w', newline='', encoding='utf-8') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
+        writer.writeheader()
+        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
+
+
+def shot_curve(rows: List[Dict], out: Path) -> None:
+    from mvfa import plots  # matplotlib: only when a curve is drawn
+    averages = [row for row in rows if row['object'] == 'Average']
+    plots.shot_curve(out, [row['shot'] for row in averages],
+                     {level: [(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']) for row in averages]
+                      for level in LEVELS},
+                     {level: [row[f'{level}_auroc_paper'] for row in averages] for level in LEVELS})
+
+
+# ---------------------------------------------------------------- the studies
+
+@dataclass(frozen=True)
+class Study:
+    variants: Callable[[argparse.Namespace], List[Variant]]
+    # Writes the study's files from its runs (and how they were made) into its folder; returns its table rows.
+    write: Callable[[str, List[Outcome], Dict[str, str], str, Path], List[Dict]]
+
+
+def write_auroc_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
+                      out: Path) -> List[Dict]:
+    rows = [row for variant, runs, records in outcomes for row in variant_rows(variant, runs, records)]
+    (out / 'summary.md').write_text(auroc_markdown(study, rows, made_with), encoding='utf-8')
+    write_csv(out / 'summary.csv', made, rows)
+    if study == 'shots':
+        shot_curve(rows, out / 'shot_curve.png')
+    return rows
+
+
+def write_figure_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
+                       out: Path) -> List[Dict]:
+    from mvfa import figures  # torch, scikit-learn and matplotlib: only when a figure is made
+    (_, _, records), = outcomes
+    draw = figures.tsne if study == 'tsne' else figures.level_maps
+    rows, notes = draw(records, out)
+    lines = [f'# MVFA study: {TITLES[study]}', '', made_with, '', notes, '']
+    header = list(rows[0])
+    lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    lines += ['| ' + ' | '.join(cell(v) if isinstance(v, float) else str(v) for v in row.values()) + ' |'
+              for row in rows]
+    (out / 'summary.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    write_csv(out / 'summary.csv', made, rows)
+    return rows
+
+
+STUDIES: Dict[str, Study] = {
+    'projectors': Study(projector_variants, write_auroc_study),
+    'levels': Study(level_variants, write_auroc_study),
+    'shots': Study(shot_variants, write_auroc_study),
+    'tsne': Study(figure_variants, write_figure_study),
+    'level_maps': Study(figure_variants, write_figure_study),
+}
+STUDY_HELP = ('a study instead of the main tables: projectors (Table 4, zero-shot), levels (Table 5: each of '
+              '--features_list alone and all, few-shot, k of --shots), shots (k = 2 4 8 16 unless --shots is '
+              'given, with a curve), tsne (Figure 6, of Retina_RESC unless --obj names objects), level_maps '
+              "(Figure 4, of Brain, Liver and Retina_RESC unless --obj names objects); --settings is the study's. "
+              'Writes <results_dir>/<study>/summary.md, summary.csv and PNGs; see README "Studies"')
