@@ -9,4 +9,6 @@ NORMAL_FOLDER, ABNORMAL_FOLDER = 'good', 'Ungood'
 
 
 def has_masks(obj: str) -> bool:
-    return obj in OBJECTS_WITH_MASKS
+    """Whether `obj`'s abnormal images have pixel masks: BMAD's image-level objects have none; every
+    other category (BMAD's segmentation objects, MVTec AD's and VisA's) has one per abnormal image."""
+    return obj in OBJECTS_WITH_MASKS or obj not in OBJECTS

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from CLIP.adapter import ADAPTATIONS
-from dataset.bmad import OBJECTS
+from dataset.objects import OBJECTS
 from dataset.medical_few import DEFAULT_SEED_DIR
 from mvfa.config import PAPER
 from mvfa.flags import FlagParser
@@ -39,8 +39,8 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
            learning_rate: float = PAPER.few_shot_learning_rate) -> FlagParser:
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs."""
     p = FlagParser(description=description)
-    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
-    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders')
+    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}, or a category of --data_path")
+    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders, or MVTec AD or VisA')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
                    help='images per training step' if training
                    else 'images per inference batch (scores do not depend on it)')
