@@ -64,8 +64,6 @@ def _existing_mask(image: Path, mask: Path, rule: str) -> Path:
 class Layout:
     """A data set's categories and, per category, its records. `name` is the data set's name in messages."""
     name = ''
-    # Whether abnormal support images come from the test set (and so must leave it).
-    support_from_test = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -155,7 +153,6 @@ class MVTecAD(Layout):
     """Seed lists name images by their path under the category folder, e.g. `test/crack/000.png`:
     MVTec AD's defect folders reuse file names."""
     name = 'MVTec AD'
-    support_from_test = True
 
     def categories(self) -> Tuple[str, ...]:
         return tuple(sorted(folder.name for folder in self.root.iterdir() if is_mvtec_category(folder)))
@@ -195,7 +192,6 @@ class MVTecAD(Layout):
 class VisA(Layout):
     """Seed lists name images by their path under the category folder, e.g. `Data/Images/Anomaly/000.JPG`."""
     name = 'VisA'
-    support_from_test = True
 
     @cached_property
     def rows(self) -> Dict[str, List[Dict[str, str]]]:
