@@ -1,6 +1,7 @@
 """The text side of MVFA: the prompt ensemble that describes a normal and an abnormal image."""
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Union
 
 import open_clip
@@ -12,6 +13,21 @@ REAL_NAME: Dict[str, str] = {
     'Brain': 'Brain', 'Liver': 'Liver', 'Retina_RESC': 'retinal OCT', 'Chest': 'Chest X-ray film',
     'Retina_OCT2017': 'retinal OCT', 'Histopathology': 'histopathological image',
 }
+
+# A category name as MVTec AD and VisA spell them: lower case, '_' between words, maybe a number
+# that counts variants of one object (VisA's pcb1..pcb4, macaroni1, macaroni2), not a word of it.
+CATEGORY_NAME = re.compile(r'([a-z][a-z_]*?)\d*')
+
+
+def prompt_name(obj: str) -> str:
+    """What the prompts call `obj`: a BMAD object's name from REAL_NAME; a category name
+    (CATEGORY_NAME: MVTec AD's `metal_nut`, VisA's `pcb1`) with '_' as a space and its variant
+    number dropped ('metal nut', 'pcb'); any other text as given ('brain MRI', 'T2')."""
+    if obj in REAL_NAME:
+        return REAL_NAME[obj]
+    category = CATEGORY_NAME.fullmatch(obj)
+    return category.group(1).replace('_', ' ') if category else obj
+
 
 NORMAL_STATES: List[str] = [
     '{}', 'flawless {}', 'perfect {}', 'unblemished {}', '{} without flaw', '{} without defect',
@@ -48,10 +64,10 @@ def prompt_sentences(name: str) -> List[List[str]]:
 def encode_text_with_prompt_ensemble(clip_model: CLIP, obj: str, device: Union[str, torch.device]) -> torch.Tensor:
     """Text features (embed_dim, 2), columns (normal, abnormal), for an object or any free-text name.
 
-    `obj` is looked up in REAL_NAME first, so both 'Chest' and 'Chest X-ray film' work. Each
+    `obj` is named by `prompt_name`, so 'Chest', 'Chest X-ray film' and 'metal_nut' all work. Each
     sentence embedding is L2-normalised, averaged per state and normalised again.
     """
-    name = REAL_NAME.get(obj, obj)
+    name = prompt_name(obj)
     context_length = clip_model.context_length
     features = []
     for sentences in prompt_sentences(name):

@@ -1,5 +1,8 @@
 """Reproduce the paper's Tables 1 (zero-shot) and 2 (few-shot): train and test every object, then tabulate.
 
+On MVTec AD or VisA (`--data_path` pointing at one) the same runs, in-domain, on their categories;
+no numbers were published for them, so the table shows '–' in the paper's columns.
+
 Runs train_zero.py / train_few.py (or, with --skip_train, test_zero.py / test_few.py on existing
 checkpoints) in-process, one results JSON per run under <results_dir>/<setting>/, then writes
 <results_dir>/summary.md and summary.csv: per object our AUROCs (mean ± std over draws) beside
@@ -24,7 +27,8 @@ import test_few
 import test_zero
 import train_few
 import train_zero
-from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from dataset.layouts import BMAD, DataError, detect_layout
+from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from mvfa.cli import DATA_PATH, FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
 from mvfa.config import SELECTION_MODES
 from mvfa.flags import FlagParser, flag_text
@@ -71,7 +75,8 @@ class Run:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = FlagParser(description=__doc__)
-    p.add_argument('--obj', nargs='+', default=['all'], choices=('all',) + OBJECTS, help="objects, or 'all'")
+    p.add_argument('--obj', nargs='+', default=['all'],
+                   help="BMAD objects or categories of --data_path (MVTec AD, VisA), or 'all'")
     p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS,
                    help='zero-shot: leave-one-out training (Table 1); few-shot: k-shot adaptation (Table 2)')
     p.add_argument('--shots', type=int, nargs='+', default=[4],
@@ -95,7 +100,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     add_model_arguments(p)
     p.add_argument('--epoch', type=int, help="training epochs (default: the scripts' 50)")
     p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
-    p.add_argument('--data_path', help="folder holding <Obj>_AD folders (default: the scripts' ./data/)")
+    p.add_argument('--data_path', help="folder holding <Obj>_AD folders, or MVTec AD or VisA (default: the "
+                                       "scripts' ./data/)")
     p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
     p.add_argument('--study', choices=tuple(STUDIES), help=STUDY_HELP)
     args = p.parse_args(argv)
@@ -106,8 +112,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> List[Run]:
-    """Every run, in the paper's table order; zero-shot has a single draw per object."""
-    objects = [obj for obj in PAPER_NAMES if 'all' in args.obj or obj in args.obj]
+    """Every run, in the paper's table order (MVTec AD, VisA: the categories' order); zero-shot has a
+    single draw per object."""
+    layout = detect_layout(args.data_path or DATA_PATH)
+    # BMAD's objects in the paper's column order; other data sets' categories as found under --data_path.
+    known = list(PAPER_NAMES) if isinstance(layout, BMAD) else list(layout.categories())
+    for obj in args.obj:
+        if obj != 'all':
+            layout.check(obj)
+    objects = [obj for obj in known if 'all' in args.obj or obj in args.obj]
     if args.random_draws is not None:
         draws = [(f'rand{i}', -1, args.seed + i) for i in range(args.random_draws)]
     else:
@@ -156,15 +169,24 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
     from dataset.validate import validate_object
     from mvfa.checkpoint import CheckpointError
     data_path, seed_dir = args.data_path or DATA_PATH, args.fewshot_seed_dir or DEFAULT_SEED_DIR
+    layout = detect_layout(data_path)
     checks = set()
     for task in runs:
         if args.skip_train and not existing_checkpoint(task, args).is_file():
             raise CheckpointError(f'--skip_train: no checkpoint at {existing_checkpoint(task, args)} for the '
                                   f'{task.setting} run of {task.obj}: train it first (without --skip_train)')
+        if args.selection == 'valid' and not args.skip_train:
+            layout.validation_records(task.obj)  # MVTec AD and VisA have none: say so now
         if task.setting == 'few-shot':
+            seed_list = seed_list_path(seed_dir, task.obj, task.shot)
+            if task.iterate >= 0 and len(set(args.iterates)) > 1 and not seed_list.is_file():
+                # Without the list every --iterate falls back to the same seeded random draw.
+                raise DataError(f'no seed list {seed_list}: --iterates {" ".join(map(str, args.iterates))} would '
+                                f'repeat one random draw; use --random_draws N for N different draws')
             checks.add((task.obj, task.shot, task.iterate))
-        else:  # zero-shot training reads every object's test split, testing the target's
-            checks.update((obj, None, None) for obj in (OBJECTS if not args.skip_train else [task.obj]))
+        else:  # zero-shot training reads the test sets of the target and of every other category
+            others = layout.other_categories(task.obj) if not args.skip_train else []
+            checks.update((obj, None, None) for obj in [task.obj] + others)
     for obj, shot, iterate in sorted(checks, key=str):
         validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
 
@@ -206,7 +228,7 @@ def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float
 
 def object_row(setting: str, shot: int, obj: str, records: List[Dict]) -> Dict:
     """One object's line: our metrics (%) over its draws, the published AUROCs and our difference."""
-    row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES[obj],
+    row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES.get(obj, obj),
            # A checkpoint without a sidecar (the authors') does not say how it was selected.
            'selection': '/'.join(sorted({r['selection'] or 'unknown' for r in records})), 'draws': len(records)}
     for metric in METRICS:
@@ -264,7 +286,10 @@ def cell(mean: Optional[float], std: Optional[float] = None, signed: bool = Fals
     return f'{text} ± {std:.2f}' if std is not None else text
 
 
-def table_title(setting: str, shot: int) -> str:
+def table_title(setting: str, shot: int, bmad: bool = True) -> str:
+    """The table's heading; `bmad` False: another data set's categories, which have no published numbers."""
+    if not bmad:
+        return f'{"Zero-shot" if setting == "zero-shot" else f"Few-shot, k = {shot}"} (no published numbers)'
     if setting == 'zero-shot':
         return 'Zero-shot (paper Table 1)'
     source = 'paper Table 2' if (setting, shot) in PUBLISHED else 'no published numbers'
@@ -305,9 +330,11 @@ def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
     for row in rows:
         if (row['setting'], row['shot']) != current:
             current = row['setting'], row['shot']
-            lines += ['', f'## {table_title(*current)}', '', '| ' + ' | '.join(header) + ' |',
+            bmad = all(r['object'] in PAPER_NAMES for r in rows if r['object'] != 'Average')
+            lines += ['', f'## {table_title(*current, bmad)}', '', '| ' + ' | '.join(header) + ' |',
                       '|' + ' --- |' * len(header)]
-        name = row['object'] if row['object'] == 'Average' else f"{row['paper_name']} ({row['object']})"
+        name = (row['object'] if row['paper_name'] == row['object']
+                else f"{row['paper_name']} ({row['object']})")
         cells = [name, row['selection'], str(row['draws'])]
         for level in LEVELS:
             cells += [cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']),

@@ -1,7 +1,6 @@
-"""The BMAD benchmark as MVFA reads it: objects, folder layout, image loading, the test split.
+"""Images and masks as MVFA reads them, and the test and validation sets of a category.
 
-Layout: `<data>/<Obj>_AD/{valid,test}/{good,Ungood}/img/*`, masks of abnormal images of the
-segmentation objects in `.../Ungood/anomaly_mask/` under the same file names.
+The folder layouts (BMAD, MVTec AD, VisA) live in `dataset.layouts`; `--data_path` picks one.
 """
 from __future__ import annotations
 
@@ -15,50 +14,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from mvfa.errors import UserError
+from .layouts import IMAGE_SUFFIXES, DataError, Record, detect_layout
 
-from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
-
-IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
 # PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
 HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
 
-
-class DataError(UserError):
-    """The data set is not as MVFA expects; the message names the problem and the fix."""
-
-
-def check_object(obj: str) -> str:
-    if obj not in OBJECTS:
-        raise DataError(f"unknown --obj '{obj}': choose one of {', '.join(OBJECTS)}")
-    return obj
-
-
-def object_root(data_path: str | Path, obj: str) -> Path:
-    root = Path(data_path) / f'{check_object(obj)}_AD'
-    if not root.is_dir():
-        raise DataError(f'{root} does not exist: put the BMAD {obj} data there (see data/README.md) '
-                        f'or point --data_path at the folder that holds {obj}_AD')
-    return root
-
-
-def list_images(folder: Path) -> List[Path]:
-    """Image files of a folder, sorted by name (the authors' test order)."""
-    if not folder.is_dir():
-        raise DataError(f'missing folder {folder}: the BMAD layout needs it (see data/README.md)')
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise DataError(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
-    return images
-
-
-def mask_path(image: Path) -> Path:
-    """Where the mask of an abnormal image lives: `anomaly_mask/` beside its `img/` folder."""
-    mask = image.parent.parent / 'anomaly_mask' / image.name
-    if not mask.is_file():
-        raise DataError(f'{image} has no mask: expected {mask} (segmentation objects need a mask '
-                        f'for every Ungood image)')
-    return mask
+__all__ = ['DataError', 'IMAGE_SUFFIXES', 'MedTestDataset', 'ValidationSet', 'load_image', 'load_mask', 'open_image',
+           'read_image']
 
 
 def read_image(path: Path) -> Image.Image:
@@ -91,38 +53,40 @@ def load_image(path: Path, img_size: int) -> Tensor:
 
 
 def load_mask(path: Path, img_size: int) -> Tensor:
-    """A (1, S, S) mask of 0 and 1; masks stored as 0/1 and as 0/255 both work, in 8 or 16 bits."""
+    """A (1, S, S) mask of 0 and 1; masks stored as 0/1, 0/255 or small labels (VisA) all work, in 8 or 16 bits."""
     raw = read_image(path)
     if raw.mode in HIGH_DEPTH_MODES:
         # Scaling a 16-bit 0/1 mask to 8 bits would erase it: any positive label is abnormal.
         mask = Image.fromarray((np.asarray(raw) > 0).astype(np.uint8) * 255)
     else:
         mask = raw.convert('L')
-    if mask.getextrema()[1] == 1:
-        mask = mask.point(lambda value: value * 255)
+    if 0 < mask.getextrema()[1] < 128:
+        # Labels rather than grey levels (0/1, or VisA's defect indices): any positive one is abnormal.
+        mask = mask.point(lambda value: 255 if value else 0)
     resized = transforms.Resize((img_size, img_size), Image.NEAREST)(mask)
     return (transforms.functional.to_tensor(resized) > 0.5).float()
 
 
 class MedTestDataset(Dataset):
-    """The `test/` split of one object: items (image, label, mask), normal images first.
+    """The test set of one category of the data set under `dataset_path` (BMAD, MVTec AD or VisA: see
+    `dataset.layouts`): items (image, label, mask), normal images first.
 
     Normal images and classification objects get all-zero masks.
     """
 
     def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = 240) -> None:
         self.class_name = class_name
-        self.root = object_root(dataset_path, class_name)
+        self.layout = detect_layout(dataset_path)
         self.resize = resize
-        self.has_masks = has_masks(class_name)
-        self.images, self.labels, self.masks = self.list_split('test')
+        self.has_masks = self.layout.has_masks(self.layout.check(class_name))
+        self.use(self.layout.test_records(class_name))
 
-    def list_split(self, split: str) -> Tuple[List[Path], List[int], List[Optional[Path]]]:
-        """Image files, labels and mask files (None: no mask) of a split, normal images first."""
-        normal = list_images(self.root / split / NORMAL_FOLDER / 'img')
-        abnormal = list_images(self.root / split / ABNORMAL_FOLDER / 'img')
-        masks = [mask_path(p) if self.has_masks else None for p in abnormal]
-        return normal + abnormal, [0] * len(normal) + [1] * len(abnormal), [None] * len(normal) + masks
+    def use(self, records: Sequence[Record]) -> None:
+        """Make `records` the items: image files, labels and mask files (None: no mask)."""
+        self.records = list(records)
+        self.images: List[Path] = [record.image for record in records]
+        self.labels: List[int] = [record.label for record in records]
+        self.masks: List[Optional[Path]] = [record.mask for record in records]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -135,14 +99,15 @@ class MedTestDataset(Dataset):
 
 
 class ValidationSet(MedTestDataset):
-    """The `valid/` split of an object minus the given support images; items as MedTestDataset."""
+    """The validation split of a category (BMAD's `valid/`) minus the given support images; items as
+    MedTestDataset. MVTec AD and VisA have none: a DataError says so."""
 
     def __init__(self, dataset_path: str | Path, class_name: str, resize: int, support: Sequence[Path] = ()) -> None:
         super().__init__(dataset_path, class_name, resize)
         excluded = {Path(path).resolve() for path in support}
-        kept = [item for item in zip(*self.list_split('valid')) if item[0].resolve() not in excluded]
-        labels = {label for _, label, _ in kept}
-        if labels != {0, 1}:
-            raise DataError(f'{self.root / "valid"} has no normal or no abnormal image left besides the '
-                            f'support images: --selection valid needs both; use --selection last or test')
-        self.images, self.labels, self.masks = (list(column) for column in zip(*kept))
+        kept = [record for record in self.layout.validation_records(class_name)
+                if record.image.resolve() not in excluded]
+        if {record.label for record in kept} != {0, 1}:
+            raise DataError(f'the {class_name} validation split has no normal or no abnormal image left besides '
+                            f'the support images: --selection valid needs both; use --selection last or test')
+        self.use(kept)

@@ -1,20 +1,17 @@
-"""Few-shot data: the test split plus k abnormal and k normal support images from `valid/`."""
+"""Few-shot data: the test set plus k abnormal and k normal support images (BMAD: from `valid/`)."""
 from __future__ import annotations
 
 import random
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .bmad import DataError, MedTestDataset, list_images, load_image, load_mask, mask_path
-from .objects import ABNORMAL_FOLDER, DEFAULT_SEED_DIR, NORMAL_FOLDER
-
-
-def seed_list_path(seed_dir: str | Path, obj: str, shot: int) -> Path:
-    return Path(seed_dir) / obj / f'{shot}-shot.txt'
+from .bmad import DataError, MedTestDataset, load_image, load_mask
+from .layouts import ABNORMAL, NORMAL, Layout, Record
+from .objects import DEFAULT_SEED_DIR, seed_list_path
 
 
 def read_seed_list(path: Path, kind: str, iterate: int) -> List[str]:
@@ -28,19 +25,21 @@ def read_seed_list(path: Path, kind: str, iterate: int) -> List[str]:
     raise DataError(f"{path} has no line '{tag}': pick an --iterate that the file lists")
 
 
-def listed_support(folder: Path, shot: int, iterate: int, seed_list: Path, label: str) -> Optional[List[Path]]:
-    """The `shot` support images of `folder` that the seed list names on its line for `label` and
-    `iterate`, checked to exist; None when they are drawn at random instead (`iterate` < 0 or no list)."""
+def listed_support(pool: Sequence[Record], source: str, shot: int, iterate: int, seed_list: Path,
+                   label: int) -> Optional[List[Record]]:
+    """The `shot` support images of `pool` that the seed list names on its line for `label` and
+    `iterate`; None when they are drawn at random instead (`iterate` < 0 or no list)."""
     if iterate < 0 or not seed_list.is_file():
         return None
-    kind = 'n' if label == NORMAL_FOLDER else 'a'
-    chosen = [folder / name for name in read_seed_list(seed_list, kind, iterate)[:shot]]
-    missing = [path.name for path in chosen if not path.is_file()]
+    kind = 'a' if label == ABNORMAL else 'n'
+    by_name = {record.name: record for record in pool}
+    names = read_seed_list(seed_list, kind, iterate)[:shot]
+    missing = [name for name in names if name not in by_name]
     if missing:
-        raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {folder}: '
+        raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {source}: '
                         f'{", ".join(missing)}; fix the list or pass --fewshot_seed_dir')
-    check_support_size(len(chosen), shot, f'{seed_list} line {kind}-{iterate}')
-    return chosen
+    check_support_size(len(names), shot, f'{seed_list} line {kind}-{iterate}')
+    return [by_name[name] for name in names]
 
 
 def check_support_size(found: int, shot: int, source: str) -> None:
@@ -48,12 +47,25 @@ def check_support_size(found: int, shot: int, source: str) -> None:
         raise DataError(f'--shot {shot} needs {shot} support images, {source} has {found}: use a smaller --shot')
 
 
-class MedDataset(MedTestDataset):
-    """The test split of `class_name` (items as MedTestDataset) and its few-shot support set.
+def draw_support(layout: Layout, obj: str, label: int, shot: int, iterate: int, seed_list: Path) -> List[Record]:
+    """The support images of `label`: the seed list's, else `random.sample` of the pool (seed it first)."""
+    pool = layout.support_pool(obj, label)
+    source = layout.support_source(obj, label)
+    chosen = listed_support(pool, source, shot, iterate, seed_list, label)
+    if chosen is None:
+        check_support_size(len(pool), shot, source)
+        chosen = random.sample(pool, shot)
+    return chosen
 
-    Support images are named by `<seed_dir>/<Obj>/<shot>-shot.txt` (line `n-<iterate>:` /
-    `a-<iterate>:`). With `iterate` < 0, or when that file is missing, they are drawn with
-    `random.sample` (seed it first), the latter with a warning.
+
+class MedDataset(MedTestDataset):
+    """The test set of `class_name` (items as MedTestDataset) and its few-shot support set.
+
+    Support images come from the layout's pools (BMAD: `valid/`; MVTec AD and VisA: normal ones
+    from the training images, abnormal ones from the test set, which then leave the test set).
+    They are named by `<seed_dir>/<Obj>/<shot>-shot.txt` (line `n-<iterate>:` / `a-<iterate>:`).
+    With `iterate` < 0, or when that file is missing, they are drawn with `random.sample` (seed it
+    first), the latter with a warning.
     Attributes: `fewshot_norm_img` (k, 3, S, S), `fewshot_abnorm_img` (k, 3, S, S) and
     `fewshot_abnorm_mask` (k, 1, S, S), None for classification objects. With `normal_only`
     no abnormal support is drawn (both abnormal attributes are None): the memory bank needs
@@ -75,22 +87,16 @@ class MedDataset(MedTestDataset):
         # The files drawn, so that model selection on valid/ can leave them out.
         self.support_images: List[Path] = []
         # Normal images are drawn first, as in the authors' code, so seeded draws match theirs.
-        self.fewshot_norm_img, _ = self._support(NORMAL_FOLDER)
-        self.fewshot_abnorm_img, self.fewshot_abnorm_mask = (
-            (None, None) if normal_only else self._support(ABNORMAL_FOLDER))
+        self.fewshot_norm_img, _ = self._support(NORMAL)
+        self.fewshot_abnorm_img, self.fewshot_abnorm_mask = (None, None) if normal_only else self._support(ABNORMAL)
+        # A support image is never scored (MVTec AD and VisA draw abnormal ones from the test set).
+        support = set(self.support_images)
+        self.use([record for record in self.records if record.image not in support])
 
-    def _pick(self, folder: Path, label: str) -> List[Path]:
-        chosen = listed_support(folder, self.shot, self.iterate, self.seed_list, label)
-        if chosen is None:
-            available = list_images(folder)
-            check_support_size(len(available), self.shot, str(folder))
-            chosen = random.sample(available, self.shot)
-        return chosen
-
-    def _support(self, label: str) -> Tuple[Tensor, Optional[Tensor]]:
-        chosen = self._pick(self.root / 'valid' / label / 'img', label)
-        self.support_images += chosen
-        images = torch.stack([load_image(p, self.resize) for p in chosen])
-        if label == NORMAL_FOLDER or not self.has_masks:
+    def _support(self, label: int) -> Tuple[Tensor, Optional[Tensor]]:
+        chosen = draw_support(self.layout, self.class_name, label, self.shot, self.iterate, self.seed_list)
+        self.support_images += [record.image for record in chosen]
+        images = torch.stack([load_image(record.image, self.resize) for record in chosen])
+        if label == NORMAL or not self.has_masks:
             return images, None
-        return images, torch.stack([load_mask(mask_path(p), self.resize) for p in chosen])
+        return images, torch.stack([load_mask(record.mask, self.resize) for record in chosen])

@@ -1,4 +1,4 @@
-"""Zero-shot data: leave-one-out training on the other objects' test splits, testing on the target."""
+"""Zero-shot data: leave-one-out training on the test sets of the other categories of the same data set."""
 from __future__ import annotations
 
 import random
@@ -9,22 +9,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .bmad import MedTestDataset, check_object
-from .objects import OBJECTS
+from .bmad import MedTestDataset
+from .layouts import detect_layout
 
 __all__ = ['MedTestDataset', 'MedTrainDataset']
 
 
 class MedTrainDataset(Dataset):
-    """The `test/` splits of every object but `class_name`; items (image, label, mask, source index).
+    """The test sets of every category of the data set but `class_name` (BMAD: the five other objects;
+    MVTec AD, VisA: the other categories under `dataset_path`); items (image, label, mask, source index).
 
     `source index` indexes `self.sources`, so the training loop can use that object's text
     features and know whether it has masks. Batches never mix objects: use `batches()`.
     """
 
     def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = 240) -> None:
-        check_object(class_name)
-        self.sources = [obj for obj in OBJECTS if obj != class_name]
+        self.sources = detect_layout(dataset_path).other_categories(class_name)
         self.splits = [MedTestDataset(dataset_path, obj, resize) for obj in self.sources]
         self.items = [(source, index) for source, split in enumerate(self.splits) for index in range(len(split))]
 

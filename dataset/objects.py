@@ -13,4 +13,11 @@ DEFAULT_SEED_DIR = Path(__file__).resolve().parent / 'fewshot_seed'
 
 
 def has_masks(obj: str) -> bool:
-    return obj in OBJECTS_WITH_MASKS
+    """Whether `obj`'s abnormal images have pixel masks: BMAD's image-level objects have none; every
+    other category (BMAD's segmentation objects, MVTec AD's and VisA's) has one per abnormal image."""
+    return obj in OBJECTS_WITH_MASKS or obj not in OBJECTS
+
+
+def seed_list_path(seed_dir: str | Path, obj: str, shot: int) -> Path:
+    """The seed list of `obj`'s k-shot support draws, in the authors' layout."""
+    return Path(seed_dir) / obj / f'{shot}-shot.txt'

@@ -1,15 +1,19 @@
-"""Deterministic synthetic stand-in for the BMAD benchmark, for the demo and the tests.
+"""Deterministic synthetic stand-in for the BMAD benchmark (and for MVTec AD and VisA), for the demo and the tests.
 
 Writes `<out>/<Obj>_AD/{valid,test}/{good,Ungood}/img/*.png` (plus `Ungood/anomaly_mask/` for the
-segmentation objects) and `<out>/fewshot_seed/<Obj>/<k>-shot.txt`, the layout `dataset.bmad` reads.
+segmentation objects) and `<out>/fewshot_seed/<Obj>/<k>-shot.txt`, the BMAD layout; with
+`--layout mvtec` or `--layout visa` three categories in MVTec AD's or VisA's layout (`dataset.layouts`).
 Each modality is a cheap procedural caricature (numpy/scipy) with a clearly visible lesion in the
 abnormal images. Every random draw comes from a `np.random.default_rng` seeded by `seed`, the object,
 the split, the class and the image index, so the same arguments give byte-identical files.
 
     python -m dataset.synthetic --out data/demo
+    python -m dataset.synthetic --layout mvtec --out data/mvtec_demo   # MVTec AD's layout
+    python -m dataset.synthetic --layout visa --out data/visa_demo     # VisA's, with split_csv/1cls.csv
 """
 from __future__ import annotations
 
+import csv
 import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -315,22 +319,117 @@ def generate(out_dir: Path, seed: int = 0, size: int = 64, n_test: int = 12, n_v
     return out_dir
 
 
+# ---------------------------------------------------------------- MVTec AD and VisA layouts
+# Categories of the other layouts: the generators with pixel masks (both layouts have a mask for every
+# anomalous image), under category-style names ('_' and a variant number, as MVTec AD's and VisA's).
+CATEGORY_GENERATORS = {'brain_mri': 'Brain', 'liver_ct1': 'Liver', 'retina_oct': 'Retina_RESC'}
+CATEGORIES = tuple(CATEGORY_GENERATORS)
+# Two defect folders whose files share names, as MVTec AD's do.
+DEFECTS = ('lesion_a', 'lesion_b')
+LAYOUTS = ('bmad', 'mvtec', 'visa')
+
+
+def _category_image(seed: int, size: int, category: str, split: str, kind: str, index: int) -> Tuple[Array, Mask]:
+    """Image `index` of a category's `split` and `kind` ('good' or a defect) and its mask (None when good)."""
+    rng = np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(f'{split}/{kind}'.encode()), index])
+    return GENERATORS[CATEGORY_GENERATORS[category]](rng, size, kind != NORMAL_FOLDER)
+
+
+def _check_counts(size: int, n_train: int, n_test: int, categories: Sequence[str]) -> None:
+    unknown = [c for c in categories if c not in CATEGORY_GENERATORS]
+    if unknown:
+        raise ValueError(f'unknown categories {unknown}: choose from {", ".join(CATEGORIES)}')
+    if size < 16 or n_train < 1 or n_test < len(DEFECTS):
+        raise ValueError(f'need size >= 16, n_train >= 1 and n_test >= {len(DEFECTS)} (one image per defect)')
+
+
+def _anomalies_per_defect(n_test: int) -> List[int]:
+    """`n_test` anomalous test images spread over DEFECTS, the first ones getting the remainder."""
+    return [n_test // len(DEFECTS) + (i < n_test % len(DEFECTS)) for i in range(len(DEFECTS))]
+
+
+def generate_mvtec(out_dir: Path, seed: int = 0, size: int = 64, n_train: int = 6, n_test: int = 6,
+                   categories: Sequence[str] = CATEGORIES) -> Path:
+    """MVTec AD's layout: `<category>/train/good/NNN.png`, `test/good/NNN.png`, `test/<defect>/NNN.png`
+    and `ground_truth/<defect>/NNN_mask.png` (0/255); `n_test` normal and `n_test` anomalous test images."""
+    _check_counts(size, n_train, n_test, categories)
+    for category in categories:
+        root = Path(out_dir) / category
+        folders = [('train', NORMAL_FOLDER, n_train), ('test', NORMAL_FOLDER, n_test)]
+        folders += [('test', defect, count) for defect, count in zip(DEFECTS, _anomalies_per_defect(n_test))]
+        for split, kind, count in folders:
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                img, mask = _category_image(seed, size, category, split, kind, index)
+                _to_png(img, root / split / kind / f'{index:03d}.png')
+                if mask is not None:
+                    (root / 'ground_truth' / kind).mkdir(parents=True, exist_ok=True)
+                    _to_png(mask.astype(float), root / 'ground_truth' / kind / f'{index:03d}_mask.png')
+    return Path(out_dir)
+
+
+def generate_visa(out_dir: Path, seed: int = 0, size: int = 64, n_train: int = 6, n_test: int = 6,
+                  categories: Sequence[str] = CATEGORIES) -> Path:
+    """VisA's layout: `<category>/Data/Images/{Normal,Anomaly}/*.JPG`, masks `Data/Masks/Anomaly/*.png`
+    holding labels 0/1 (not 0/255), and `split_csv/1cls.csv` putting `n_train` normal images in the
+    train split and `n_test` normal and `n_test` anomalous ones in the test split."""
+    _check_counts(size, n_train, n_test, categories)
+    out_dir = Path(out_dir)
+    rows = []
+    for category in categories:
+        images, masks = Path(category) / 'Data' / 'Images', Path(category) / 'Data' / 'Masks' / 'Anomaly'
+        for folder in (images / 'Normal', images / 'Anomaly', masks):
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        # Normal images are numbered across both splits, as in VisA's single Normal folder.
+        for index in range(n_train + n_test):
+            split = 'train' if index < n_train else 'test'
+            img, _ = _category_image(seed, size, category, 'normal', NORMAL_FOLDER, index)
+            _to_jpeg(img, out_dir / images / 'Normal' / f'{index:04d}.JPG')
+            rows.append((category, split, 'normal', (images / 'Normal' / f'{index:04d}.JPG').as_posix(), ''))
+        for index in range(n_test):
+            img, mask = _category_image(seed, size, category, 'anomaly', DEFECTS[0], index)
+            _to_jpeg(img, out_dir / images / 'Anomaly' / f'{index:03d}.JPG')
+            Image.fromarray(mask.astype(np.uint8)).save(out_dir / masks / f'{index:03d}.png')
+            rows.append((category, 'test', 'anomaly', (images / 'Anomaly' / f'{index:03d}.JPG').as_posix(),
+                         (masks / f'{index:03d}.png').as_posix()))
+    (out_dir / 'split_csv').mkdir(parents=True, exist_ok=True)
+    with open(out_dir / 'split_csv' / '1cls.csv', 'w', newline='', encoding='utf-8') as handle:
+        writer = csv.writer(handle)
+        writer.writerow(('object', 'split', 'label', 'image', 'mask'))
+        writer.writerows(rows)
+    return out_dir
+
+
+def _to_jpeg(array: Array, path: Path) -> None:
+    # Quality 95 keeps the lesions crisp; PIL's encoder gives the same bytes for the same pixels.
+    Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8)).save(path, quality=95)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = FlagParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, required=True, help='folder to write the data set to')
+    parser.add_argument('--layout', choices=LAYOUTS, default='bmad',
+                        help="bmad: BMAD's <Obj>_AD folders and seed lists; mvtec: MVTec AD's; visa: VisA's with "
+                             f"split_csv/1cls.csv (mvtec and visa: categories {', '.join(CATEGORIES)})")
     parser.add_argument('--seed', type=int, default=0, help='the same seed gives byte-identical files')
     parser.add_argument('--size', type=int, default=64, help='image side in pixels')
     parser.add_argument('--n_test', type=int, default=12, help='test images per class (good, Ungood)')
-    parser.add_argument('--n_valid', type=int, default=8, help='valid images per class (good, Ungood)')
-    parser.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4], help='k of the k-shot seed lists')
-    parser.add_argument('--iterations', type=int, default=3, help='draws per seed list')
-    parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS, help='objects to write')
+    parser.add_argument('--n_valid', type=int, default=8, help='bmad: valid images per class (good, Ungood)')
+    parser.add_argument('--n_train', type=int, default=8, help='mvtec, visa: normal training images per category')
+    parser.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4], help='bmad: k of the k-shot seed lists')
+    parser.add_argument('--iterations', type=int, default=3, help='bmad: draws per seed list')
+    parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS, help='bmad: objects')
     args = parse_or_exit(parser, argv)
-    out = generate(args.out, args.seed, args.size, args.n_test, args.n_valid, args.shots, args.iterations,
-                   args.objects)
-    n_images = len(args.objects) * 2 * (args.n_test + args.n_valid)
-    print(f'wrote {n_images} synthetic {args.size}x{args.size} images of {len(args.objects)} objects '
-          f'(seed {args.seed}) to {out}')
+    if args.layout == 'bmad':
+        out = generate(args.out, args.seed, args.size, args.n_test, args.n_valid, args.shots, args.iterations,
+                       args.objects)
+        n_images, what = len(args.objects) * 2 * (args.n_test + args.n_valid), f'{len(args.objects)} objects'
+    else:
+        write = generate_mvtec if args.layout == 'mvtec' else generate_visa
+        out = write(args.out, args.seed, args.size, args.n_train, args.n_test)
+        n_images, what = len(CATEGORIES) * (args.n_train + 2 * args.n_test), f'{len(CATEGORIES)} categories'
+    print(f'wrote {n_images} synthetic {args.size}x{args.size} images of {what} ({args.layout} layout, '
+          f'seed {args.seed}) to {out}')
     return out
 
 

@@ -1,7 +1,7 @@
 """Check a data set before any model is loaded, so a bad file costs seconds, not a lost run.
 
-Every problem raises `DataError` with one line that names it and the fix: an unknown object,
-a missing or empty folder, an Ungood image without a mask or with a mask of another size, an
+Every problem raises `DataError` with one line that names it and the fix: an unknown category,
+a missing or empty folder, an abnormal image without a mask or with a mask of another size, an
 image or mask that does not decode, a `--shot` larger than the support images, a seed list
 that names missing files.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .bmad import DataError, list_images, mask_path, object_root, read_image
-from .medical_few import DEFAULT_SEED_DIR, check_support_size, listed_support, seed_list_path
-from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
+from .bmad import DataError, read_image
+from .layouts import ABNORMAL, NORMAL, Layout, detect_layout
+from .medical_few import check_support_size, listed_support
+from .objects import DEFAULT_SEED_DIR, seed_list_path
 
 # Above this many files a progress bar shows that the check is working (BrainMRI has 3715 test images).
 PROGRESS_FROM = 200
@@ -34,42 +35,38 @@ def _check_pair(pair: ImageAndMask) -> None:
                             f'{width}x{height} px: give every mask the size of its image')
 
 
-def _split_files(root: Path, split: str, with_masks: bool, labels: Sequence[str]) -> List[ImageAndMask]:
-    return [(p, mask_path(p) if with_masks and label == ABNORMAL_FOLDER else None)
-            for label in labels for p in list_images(root / split / label / 'img')]
-
-
-def _check_support(root: Path, obj: str, shot: int, iterate: Optional[int], seed_dir: Path,
-                   labels: Sequence[str]) -> None:
-    """The k-shot support set can be drawn: from the seed list if it is used, else from `valid/`."""
+def _check_support(layout: Layout, obj: str, shot: int, iterate: Optional[int], seed_dir: Path,
+                   labels: Sequence[int]) -> None:
+    """The k-shot support set can be drawn: from the seed list if it is used, else from the pools."""
     if shot < 1:
         raise DataError(f'--shot must be a positive integer, got {shot}')
     seed_list = seed_list_path(seed_dir, obj, shot)
     for label in labels:
-        folder = root / 'valid' / label / 'img'
-        if listed_support(folder, shot, -1 if iterate is None else iterate, seed_list, label) is None:
-            check_support_size(len(list_images(folder)), shot, str(folder))
+        pool, source = layout.support_pool(obj, label), layout.support_source(obj, label)
+        if listed_support(pool, source, shot, -1 if iterate is None else iterate, seed_list, label) is None:
+            check_support_size(len(pool), shot, source)
 
 
 def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = None, shot: Optional[int] = None,
                     iterate: Optional[int] = None, seed_dir: Optional[str | Path] = None,
-                    splits: Optional[Sequence[str]] = None, normal_only: bool = False, decode: bool = True) -> int:
-    """Check one object's data; returns how many image files were decoded (with `decode` False: found,
+                    normal_only: bool = False, decode: bool = True) -> int:
+    """Check one category's data; returns how many image files were decoded (with `decode` False: found,
     the folders and the support set checked but no file opened, a check of seconds before long runs).
 
-    `splits` defaults to ('valid', 'test') when a `shot` is given (the support set comes from
-    `valid/`), else ('test',). With `normal_only` (a memory bank of normal images alone)
-    `valid/Ungood` and the seed lists' `a-` lines are not needed.
+    The test set always; with a `shot`, the support pools too (BMAD: `valid/`; MVTec AD and VisA: the
+    training images, the abnormal pool being part of the test set). With `normal_only` (a memory
+    bank of normal images alone) the abnormal pool (BMAD: `valid/Ungood`) and the seed lists' `a-`
+    lines are not needed.
     """
     if img_size is not None and img_size < 1:
         raise DataError(f'--img_size must be a positive integer, got {img_size}')
-    root = object_root(data_path, obj)
-    splits = splits or (('valid', 'test') if shot is not None else ('test',))
-    support_labels = (NORMAL_FOLDER,) if normal_only else (NORMAL_FOLDER, ABNORMAL_FOLDER)
-    files = [pair for split in splits for pair in _split_files(
-        root, split, has_masks(obj), support_labels if split == 'valid' else (NORMAL_FOLDER, ABNORMAL_FOLDER))]
+    layout = detect_layout(data_path)
+    records = layout.test_records(layout.check(obj))
     if shot is not None:
-        _check_support(root, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
+        support_labels = (NORMAL,) if normal_only else (NORMAL, ABNORMAL)
+        records += [record for label in support_labels for record in layout.support_pool(obj, label)]
+        _check_support(layout, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
+    files = list(dict.fromkeys((record.image, record.mask) for record in records))
     if not decode:
         return len(files)
     # Decoding is mostly outside the GIL, so threads help; map keeps the files' order for the first error,
@@ -85,5 +82,6 @@ def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = N
 
 
 def validate_leave_one_out(data_path: str | Path, target: str, img_size: Optional[int] = None) -> int:
-    """Zero-shot training reads the test splits of the target and of the five other objects."""
-    return sum(validate_object(data_path, obj, img_size) for obj in [target] + [o for o in OBJECTS if o != target])
+    """Zero-shot training reads the test sets of the target and of the other categories of its data set."""
+    others = detect_layout(data_path).other_categories(target)
+    return sum(validate_object(data_path, obj, img_size) for obj in [target] + others)

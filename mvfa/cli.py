@@ -45,8 +45,8 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs.
     `example`: a command line the help shows."""
     p = FlagParser(description=description, example=example)
-    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}")
-    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders')
+    p.add_argument('--obj', default=obj, help=f"target object: {', '.join(OBJECTS)}, or a category of --data_path")
+    p.add_argument('--data_path', default=DATA_PATH, help='folder holding <Obj>_AD folders, or MVTec AD or VisA')
     p.add_argument('--batch_size', type=int, default=1 if training else 16,
                    help='images per training step' if training
                    else 'images per inference batch (scores do not depend on it)')

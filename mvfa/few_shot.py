@@ -31,6 +31,9 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
     session = Session(args)
     validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir)
     data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir)
+    # Read before the model is built: a data set without a validation split is reported at once.
+    validation = ValidationSet(args.data_path, args.obj, args.img_size, data.support_images) \
+        if args.selection == 'valid' else None
     model = session.load_model()
     text_features = session.text_features(args.obj)
 
@@ -45,8 +48,7 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
     train_loader = DataLoader(TensorDataset(streams, masks, labels), batch_size=args.batch_size, shuffle=True)
     test_loader = DataLoader(data, batch_size=args.eval_batch_size, **session.loader_options())
     scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
-        ValidationSet(args.data_path, args.obj, args.img_size, data.support_images),
-        batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
+        validation, batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
     optimizers = AdapterOptimizers(model, args.learning_rate)
     loss_fn = MVFALoss(args.img_size, model.config)
 

@@ -93,7 +93,7 @@ class FlagParser(argparse.ArgumentParser):
 
 
 def parse_or_exit(parser: FlagParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """For scripts that do not run under mvfa.session.run: a bad value is argparse's usage line,
+    """For scripts that do not run under mvfa.cli.run: a bad value is argparse's usage line,
     one error line and exit status 2."""
     try:
         return parser.parse_args(argv)

@@ -30,13 +30,14 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
     validate_leave_one_out(args.data_path, args.obj, args.img_size)
     train_set = MedTrainDataset(args.data_path, args.obj, args.img_size)
     test_set = MedTestDataset(args.data_path, args.obj, args.img_size)
+    # Read before the model is built: a data set without a validation split is reported at once.
+    validation = ValidationSet(args.data_path, args.obj, args.img_size) if args.selection == 'valid' else None
     model = session.load_model()
     source_text = [session.text_features(source) for source in train_set.sources]
     target_text = session.text_features(args.obj)
     test_loader = DataLoader(test_set, batch_size=args.eval_batch_size, **session.loader_options())
     scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
-        ValidationSet(args.data_path, args.obj, args.img_size), batch_size=args.eval_batch_size,
-        **session.loader_options())), args.cache_streams)
+        validation, batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
     optimizers = AdapterOptimizers(model, args.learning_rate)
     loss_fn = MVFALoss(args.img_size, model.config)
     # The batch order's own generator: the resume state keeps its state beside the global ones.

@@ -235,5 +235,5 @@ def test_help_names_the_default_object_and_gives_an_example(script, obj, capsys)
     shown = capsys.readouterr().out
     assert f'example:\n  python {Path(script.__file__).name} --obj Brain' in shown
     words = ' '.join(shown.split())  # as read, whatever the terminal's line breaks
-    assert f'--obj OBJ target object: Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology ' \
-           f'(default: {obj})' in words
+    assert f'--obj OBJ target object: Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology, ' \
+           f'or a category of --data_path (default: {obj})' in words

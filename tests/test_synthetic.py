@@ -121,3 +121,36 @@ def test_size_240_and_bad_arguments(tmp_path: Path) -> None:
         assert m.size == (240, 240) and np.asarray(m).any()
     with pytest.raises(ValueError):
         generate(tmp_path, objects=('Knee',))
+
+
+# ---------------------------------------------------------------- MVTec AD and VisA layouts
+
+def test_mvtec_and_visa_layouts_are_deterministic_and_complete(tmp_path: Path) -> None:
+    from dataset.synthetic import CATEGORIES, DEFECTS, generate_mvtec, generate_visa
+    mvtec = _tree(generate_mvtec(tmp_path / 'm1', seed=2, size=32, n_train=2, n_test=3))
+    assert mvtec == _tree(generate_mvtec(tmp_path / 'm2', seed=2, size=32, n_train=2, n_test=3))
+    category = 'brain_mri'
+    assert sorted(name for name in mvtec if name.startswith(category)) == sorted(
+        [f'{category}/train/good/{i:03d}.png' for i in range(2)] + [f'{category}/test/good/{i:03d}.png' for i in range(3)]
+        + [f'{category}/test/{DEFECTS[0]}/{i:03d}.png' for i in range(2)] + [f'{category}/test/{DEFECTS[1]}/000.png']
+        + [f'{category}/ground_truth/{DEFECTS[0]}/{i:03d}_mask.png' for i in range(2)]
+        + [f'{category}/ground_truth/{DEFECTS[1]}/000_mask.png'])
+    assert {name.split('/')[0] for name in mvtec} == set(CATEGORIES)
+    visa = _tree(generate_visa(tmp_path / 'v1', seed=2, size=32, n_train=2, n_test=3))
+    assert visa == _tree(generate_visa(tmp_path / 'v2', seed=2, size=32, n_train=2, n_test=3))
+    rows = visa['split_csv/1cls.csv'].decode().splitlines()
+    assert rows[0] == 'object,split,label,image,mask' and len(rows) == 1 + len(CATEGORIES) * (2 + 3 + 3)
+    assert rows[1] == f'{CATEGORIES[0]},train,normal,{CATEGORIES[0]}/Data/Images/Normal/0000.JPG,'
+    assert rows[-1] == (f'{CATEGORIES[-1]},test,anomaly,{CATEGORIES[-1]}/Data/Images/Anomaly/002.JPG,'
+                        f'{CATEGORIES[-1]}/Data/Masks/Anomaly/002.png')
+    with pytest.raises(ValueError):
+        generate_mvtec(tmp_path / 'm3', n_test=1)  # fewer anomalies than defect folders
+
+
+def test_cli_layouts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main(['--layout', 'mvtec', '--out', str(tmp_path / 'mvtec'), '--size', '24', '--n_train', '1', '--n_test', '2'])
+    assert len(list((tmp_path / 'mvtec').rglob('*.png'))) == 3 * (1 + 2 + 2 + 2)  # images and masks
+    main(['--layout', 'visa', '--out', str(tmp_path / 'visa'), '--size', '24', '--n_train', '1', '--n_test', '2'])
+    assert len(list((tmp_path / 'visa').rglob('*.JPG'))) == 3 * (1 + 2 + 2)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith('wrote 15 synthetic 24x24 images of 3 categories (mvtec layout')
