@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from mvfa.errors import UserError
 from mvfa.flags import FlagParser, parse_or_exit
 
 
@@ -47,6 +48,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
     from benchmarks.compare import PATHS, build_report, format_report, in_fresh_processes
+    from mvfa.runtime import pick_device
+    from mvfa.session import check_model_flags
+    # Here, as one line, rather than as a traceback from each measuring process.
+    check_model_flags(args)
+    pick_device(args.device)
     report = build_report(args, *(in_fresh_processes(path, args) for path in PATHS))
     print(format_report(report))
     if args.json is not None:
@@ -54,5 +60,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     return report
 
 
+def exit_status(argv: Optional[List[str]] = None) -> int:
+    """0 when the two paths' scores agree, 1 when they do not, 2 for a flag the model or machine
+    cannot take (one line)."""
+    try:
+        return 0 if main(argv)['scores_match'] else 1
+    except UserError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+
+
 if __name__ == '__main__':
-    sys.exit(0 if main()['scores_match'] else 1)
+    sys.exit(exit_status())

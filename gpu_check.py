@@ -192,11 +192,17 @@ def run_checks(args: argparse.Namespace, work_dir: Path) -> Tuple[List[Tuple[str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    from mvfa.errors import UserError
     from mvfa.runtime import DeviceError, pick_device
+    from mvfa.session import check_model_flags
     try:
+        check_model_flags(args)
         pick_device(args.device)
     except DeviceError as error:
         print(f'gpu_check: {error} (--device cpu runs the checks on the CPU)', file=sys.stderr)
+        return 2
+    except UserError as error:
+        print(f'gpu_check: {error}', file=sys.stderr)
         return 2
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='gpu_check_') as temporary:

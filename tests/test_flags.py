@@ -18,12 +18,12 @@ import test_few
 import test_zero
 import train_few
 import train_zero
+from benchmarks import compare
 from CLIP import factory
 from dataset import synthetic
 from dataset.synthetic import generate
-from mvfa.cli import parser
+from mvfa.cli import parser, run
 from mvfa.flags import FlagError, check
-from mvfa.cli import run
 
 FEW_SHOT = (train_few, test_few)
 
@@ -148,6 +148,28 @@ def test_the_tools_refuse_bad_flags_with_argparse_usage_and_exit_2(main, argv, w
     with pytest.raises(SystemExit) as exit_:
         main(argv + (['--out', str(tmp_path / 'out')] if main is synthetic.main else []))
     assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err.strip().splitlines()[-1] and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('main, argv, words', [
+    (bench.exit_status, ['--img_size', '10'], '--img_size must be at least the patch size of tiny-clip (14 px), got 10'),
+    (bench.exit_status, ['--features_list', '3', '30'], 'features_list [3, 30] must be increasing block indices'),
+    (bench.exit_status, ['--device', 'gpu'], "unknown --device 'gpu'"),
+    (gpu_check.main, ['--img_size', '10'], '--img_size must be at least the patch size of tiny-clip (14 px), got 10'),
+    (gpu_check.main, ['--features_list', '3', '30'], 'features_list [3, 30] must be increasing block indices'),
+])
+def test_the_tools_check_the_model_flags_before_measuring(main, argv, words, tmp_path, capsys, monkeypatch):
+    """Catches: bench.py or gpu_check.py starting their measuring processes (or drawing data) before the
+    model flags are checked, which ends in a traceback from a child process."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('measuring started before the model flags were checked')
+    monkeypatch.setattr(compare, 'in_fresh_processes', refuse)
+    monkeypatch.setattr(gpu_check, 'run_checks', refuse)
+    tiny = ['--model_name', 'tiny-clip', '--features_list', '3', '6', '9', '12', '--device', 'cpu']
+    extra = ['--work_dir', str(tmp_path / 'work')] if main is gpu_check.main else []
+    assert main(tiny + extra + argv) == 2
     err = capsys.readouterr().err
     assert words in err.strip().splitlines()[-1] and 'Traceback' not in err, err
     assert list(tmp_path.iterdir()) == []
