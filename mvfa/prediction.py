@@ -20,7 +20,6 @@ from tqdm import tqdm
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
 from mvfa import scoring
-from mvfa.config import PAPER
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session
@@ -131,8 +130,11 @@ class Spread:
 
 @dataclass
 class Calibration:
-    """Spreads of the reference images' parts: image scores and pixel maps, zero- and few-shot."""
+    """Spreads of the reference images' parts (image scores and pixel maps, zero- and few-shot), and
+    the fusion weights of the model's config."""
     references: int
+    zero_shot_weight: float
+    few_shot_weight: float
     zero: Spread
     few: Spread
     zero_map: Spread
@@ -141,11 +143,11 @@ class Calibration:
     def score(self, parts: Parts) -> Tuple[Tensor, Tensor, Tensor]:
         """(fused, zero-shot, few-shot) standardised image scores."""
         zero, few = self.zero.standardise(parts.zero), self.few.standardise(parts.few)
-        return PAPER.zero_shot_weight * zero + PAPER.few_shot_weight * few, zero, few
+        return self.zero_shot_weight * zero + self.few_shot_weight * few, zero, few
 
     def heatmap(self, parts: Parts) -> Tensor:
-        fused = (PAPER.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
-                 + PAPER.few_shot_weight * self.few_map.standardise(parts.few_map))
+        fused = (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
+                 + self.few_shot_weight * self.few_map.standardise(parts.few_map))
         return fused / HEATMAP_FULL_SCALE
 
 
@@ -164,6 +166,7 @@ class Reference:
                  for i in tqdm(range(len(images)), desc='references', leave=False)]
         self.calibration = Calibration(
             references=len(images),
+            zero_shot_weight=model.config.zero_shot_weight, few_shot_weight=model.config.few_shot_weight,
             zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
             zero_map=Spread.of(torch.cat([p.zero_map for p in parts])),
             few_map=Spread.of(torch.cat([p.few_map for p in parts])))

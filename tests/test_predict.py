@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -22,6 +23,7 @@ from dataset.synthetic import generate
 from dataset.bmad import load_image, open_image
 from mvfa import prediction
 from mvfa.cli import run
+from mvfa.config import PAPER
 from mvfa.visualize import GAP, MAX_SIDE, colour_bar, overlay
 from mvfa.metrics import auroc
 from prompt import encode_text_with_prompt_ensemble
@@ -213,6 +215,21 @@ def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images,
         width, height = open_image(Path(row['path'])).size
         bar_width = colour_bar(height, prediction.colour_scale(calibrated=True)).shape[1]
         assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
+
+
+def test_reference_scores_fuse_with_the_weights_of_the_model_config(mixed_images):
+    """Catches: the calibration fusing with the paper's 0.5 / 0.5 whatever the model's config says."""
+    torch.manual_seed(0)
+    config = replace(PAPER, zero_shot_weight=0.8, few_shot_weight=0.2)
+    model = MultiLevelAdaptedCLIP(create_model('tiny-clip', SMALL_SIZE, None), [int(f) for f in FEATURES],
+                                  config=config)
+    text = encode_text_with_prompt_ensemble(model.clipmodel, 'Brain', 'cpu').float()
+    images = torch.stack([load_image(path, SMALL_SIZE) for path in sorted((mixed_images / 'a' / 'b').iterdir())])
+    reference = prediction.Reference(model, images, text, batch_size=2)
+    assert (reference.calibration.zero_shot_weight, reference.calibration.few_shot_weight) == (0.8, 0.2)
+    parts = prediction.score_parts(model, images, text, reference.banks)
+    fused, zero, few = reference.calibration.score(parts)
+    torch.testing.assert_close(fused, 0.8 * zero + 0.2 * few)
 
 
 def test_bad_input_is_one_line_of_error(tmp_path, checkpoint, mixed_images, capsys):
