@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from dataset.layouts import BMAD, detect_layout
+from mvfa.cli import DATA_PATH
 from mvfa.paper_results import PAPER_NAMES, published
 
 LEVELS = ('image', 'pixel')
 SHOT_CURVE = (2, 4, 8, 16)  # the shots the authors ship seed lists for
 FIGURE_SHOT = 4  # the few-shot setting of the figures' adapters (the paper's), unless --shots says otherwise
-# The figures' objects when --obj is 'all': the paper's t-SNE is of RESC; the level maps need pixel masks.
+# The figures' objects on BMAD when --obj is 'all': the paper's t-SNE is of RESC; the level maps need pixel
+# masks. On MVTec AD and VisA, whose categories all have masks, 'all' is every category.
 FIGURE_OBJECTS = {'tsne': ['Retina_RESC'], 'level_maps': ['Brain', 'Liver', 'Retina_RESC']}
 
 
@@ -101,7 +104,8 @@ def shot_variants(args: argparse.Namespace) -> List[Variant]:
 def figure_variants(args: argparse.Namespace) -> List[Variant]:
     """The adapters a figure shows: few-shot, the first k of --shots (4 by default) and the first draw.
     Both figure studies keep them in <ckpt_dir>/figures/, so that the second can run with --skip_train."""
-    objects = FIGURE_OBJECTS[args.study] if 'all' in args.obj else args.obj
+    on_bmad = isinstance(detect_layout(args.data_path or DATA_PATH), BMAD)
+    objects = FIGURE_OBJECTS[args.study] if 'all' in args.obj and on_bmad else args.obj
     shot = args.shots[0] if 'shots' in args.given else FIGURE_SHOT
     draws = {'random_draws': 1} if args.random_draws is not None else {'iterates': args.iterates[:1]}
     return [Variant(f'k = {shot}', variant_args(args, f'{shot}shot', 'figures', settings=['few-shot'],

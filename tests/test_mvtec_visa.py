@@ -23,6 +23,7 @@ from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import CATEGORIES, DEFECTS, generate_mvtec, generate_visa
 from dataset.validate import validate_leave_one_out, validate_object
 import mvfa.session
+from mvfa import studies
 from mvfa.cli import run
 from prompt import prompt_name
 
@@ -222,6 +223,15 @@ def test_reproduce_on_mvtec_categories(mvtec, tmp_path):
     markdown = (tmp_path / 'results' / 'summary.md').read_text()
     assert '## Few-shot, k = 1 (no published numbers)' in markdown
     assert f'| {TARGET} | test | 1 | ' in markdown and '| – | – | – |' in markdown
+
+
+@pytest.mark.parametrize('study', ['tsne', 'level_maps'])
+def test_figure_studies_show_every_category_outside_bmad(study, mvtec, tmp_path):
+    """Catches: the figures' BMAD objects (Retina_RESC; Brain, Liver, Retina_RESC) planned for --obj all on a
+    data set that has none of them."""
+    argv = ['--study', study, '--data_path', str(mvtec), '--results_dir', str(tmp_path)]
+    variant, = studies.figure_variants(reproduce.parse_args(argv))
+    assert [task.obj for task in reproduce.plan(variant.args)] == sorted(CATEGORIES)
 
 
 def test_reproduce_refuses_unknown_categories_and_selection_valid(mvtec, tmp_path, capsys):
