@@ -281,5 +281,6 @@ STUDIES: Dict[str, Study] = {
 STUDY_HELP = ('a study instead of the main tables: projectors (Table 4, zero-shot), levels (Table 5: each of '
               '--features_list alone and all, few-shot, k of --shots), shots (k = 2 4 8 16 unless --shots is '
               'given, with a curve), tsne (Figure 6, of Retina_RESC unless --obj names objects), level_maps '
-              "(Figure 4, of Brain, Liver and Retina_RESC unless --obj names objects); --settings is the study's. "
+              '(Figure 4, of Brain, Liver and Retina_RESC unless --obj names objects; on MVTec AD and VisA both '
+              "figures show every category); --settings is the study's. "
               'Writes <results_dir>/<study>/summary.md, summary.csv and PNGs; see README "Studies"')
