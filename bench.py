@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mvfa.errors import UserError
+from mvfa.cli import run
 from mvfa.flags import FlagParser, parse_or_exit
 
 
@@ -61,14 +61,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 def exit_status(argv: Optional[List[str]] = None) -> int:
-    """0 when the two paths' scores agree, 1 when they do not, 2 for a flag the model or machine
-    cannot take (one line)."""
-    try:
-        return 0 if main(argv)['scores_match'] else 1
-    except UserError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    """0 when the two paths' scores agree, 1 when they do not."""
+    return 0 if main(argv)['scores_match'] else 1
 
 
 if __name__ == '__main__':
-    sys.exit(exit_status())
+    sys.exit(run(exit_status))

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from mvfa.cli import run
 from mvfa.flags import FlagParser, parse_or_exit
 
 REPO = Path(__file__).resolve().parent
@@ -192,18 +193,13 @@ def run_checks(args: argparse.Namespace, work_dir: Path) -> Tuple[List[Tuple[str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from mvfa.errors import UserError
     from mvfa.runtime import DeviceError, pick_device
     from mvfa.session import check_model_flags
+    check_model_flags(args)
     try:
-        check_model_flags(args)
         pick_device(args.device)
     except DeviceError as error:
-        print(f'gpu_check: {error} (--device cpu runs the checks on the CPU)', file=sys.stderr)
-        return 2
-    except UserError as error:
-        print(f'gpu_check: {error}', file=sys.stderr)
-        return 2
+        raise DeviceError(f'{error} (--device cpu runs the checks on the CPU)') from None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='gpu_check_') as temporary:
         figures, reports = run_checks(args, args.work_dir or Path(temporary))
@@ -216,4 +212,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run(main))

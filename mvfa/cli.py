@@ -85,10 +85,11 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
 
 
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
-    """Run a script's main; a problem with the user's input becomes one line and exit status 2,
-    Ctrl-C one line and status 130 (the shell's for SIGINT)."""
+    """Run a script's main and return the exit status: 0, or the int main returns (bench.py and
+    gpu_check.py: 1 when scores disagree); a problem with the user's input becomes one line and
+    status 2, Ctrl-C one line and status 130 (the shell's for SIGINT)."""
     try:
-        main(argv)
+        status = main(argv)
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -99,4 +100,4 @@ def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]]
             print(f'\n{how_to_resume}', end='', file=sys.stderr)
         print(f'\ninterrupted: {error}' if str(error) else '\ninterrupted', file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0

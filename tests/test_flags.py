@@ -169,7 +169,7 @@ def test_the_tools_check_the_model_flags_before_measuring(main, argv, words, tmp
     monkeypatch.setattr(gpu_check, 'run_checks', refuse)
     tiny = ['--model_name', 'tiny-clip', '--features_list', '3', '6', '9', '12', '--device', 'cpu']
     extra = ['--work_dir', str(tmp_path / 'work')] if main is gpu_check.main else []
-    assert main(tiny + extra + argv) == 2
+    assert run(main, tiny + extra + argv) == 2
     err = capsys.readouterr().err
     assert words in err.strip().splitlines()[-1] and 'Traceback' not in err, err
     assert list(tmp_path.iterdir()) == []
@@ -259,3 +259,9 @@ def test_help_names_the_default_object_and_gives_an_example(script, obj, capsys)
     words = ' '.join(shown.split())  # as read, whatever the terminal's line breaks
     assert f'--obj OBJ target object: Brain, Liver, Retina_RESC, Retina_OCT2017, Chest, Histopathology, ' \
            f'or a category of --data_path (default: {obj})' in words
+
+
+def test_run_keeps_an_exit_status_that_main_returns():
+    """Catches: `run` answering 0 for bench.py or gpu_check.py when their scores disagree (main returns 1)."""
+    assert run(lambda argv: 1) == 1
+    assert run(lambda argv: {'scores_match': False}) == 0  # a script's result that is no exit status

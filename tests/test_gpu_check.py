@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import gpu_check
+from mvfa import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 4
@@ -87,7 +88,7 @@ def test_shards_split_the_images_evenly(total: int, shards: int, sizes: list) ->
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
 def test_without_cuda_it_says_so_in_one_line_and_exits_2(capsys: pytest.CaptureFixture) -> None:
-    assert gpu_check.main([]) == 2
+    assert cli.run(gpu_check.main, []) == 2
     captured = capsys.readouterr()
     assert captured.out == '' and len(captured.err.strip().splitlines()) == 1 and 'cuda' in captured.err
 
