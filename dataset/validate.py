@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from .bmad import DataError, read_image
-from .layouts import ABNORMAL, NORMAL, Layout, detect_layout
+from .layouts import ABNORMAL, NORMAL, Layout, Record, detect_layout
 from .medical_few import check_support_size, listed_support
 from .objects import DEFAULT_SEED_DIR, seed_list_path
 
@@ -36,13 +36,14 @@ def _check_pair(pair: ImageAndMask) -> None:
 
 
 def _check_support(layout: Layout, obj: str, shot: int, iterate: Optional[int], seed_dir: Path,
-                   labels: Sequence[int]) -> None:
-    """The k-shot support set can be drawn: from the seed list if it is used, else from the pools."""
+                   pools: Dict[int, List[Record]]) -> None:
+    """The k-shot support set can be drawn from the pools (by label): from the seed list if it is used,
+    else at random."""
     if shot < 1:
         raise DataError(f'--shot must be a positive integer, got {shot}')
     seed_list = seed_list_path(seed_dir, obj, shot)
-    for label in labels:
-        pool, source = layout.support_pool(obj, label), layout.support_source(obj, label)
+    for label, pool in pools.items():
+        source = layout.support_source(obj, label)
         if listed_support(pool, source, shot, -1 if iterate is None else iterate, seed_list, label) is None:
             check_support_size(len(pool), shot, source)
 
@@ -63,9 +64,9 @@ def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = N
     layout = detect_layout(data_path)
     records = layout.test_records(layout.check(obj))
     if shot is not None:
-        support_labels = (NORMAL,) if normal_only else (NORMAL, ABNORMAL)
-        records += [record for label in support_labels for record in layout.support_pool(obj, label)]
-        _check_support(layout, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), support_labels)
+        pools = {label: layout.support_pool(obj, label) for label in ((NORMAL,) if normal_only else (NORMAL, ABNORMAL))}
+        records += [record for pool in pools.values() for record in pool]
+        _check_support(layout, obj, shot, iterate, Path(seed_dir or DEFAULT_SEED_DIR), pools)
     files = list(dict.fromkeys((record.image, record.mask) for record in records))
     if not decode:
         return len(files)
