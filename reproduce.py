@@ -326,11 +326,11 @@ def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
              '(no ± for one draw). Selection: the model selection each number used (test: best epoch on the '
              'test set, as the paper; valid: best on valid/ minus the support images; last: final epoch). '
              'Pixel AUROC only for the objects with masks; the Average row averages the objects shown.']
+    bmad = all(row['object'] in PAPER_NAMES for row in rows if row['object'] != 'Average')
     current = None
     for row in rows:
         if (row['setting'], row['shot']) != current:
             current = row['setting'], row['shot']
-            bmad = all(r['object'] in PAPER_NAMES for r in rows if r['object'] != 'Average')
             lines += ['', f'## {table_title(*current, bmad)}', '', '| ' + ' | '.join(header) + ' |',
                       '|' + ' --- |' * len(header)]
         name = (row['object'] if row['paper_name'] == row['object']
