@@ -256,8 +256,10 @@ GENERATORS: Dict[str, Callable[[np.random.Generator, int, bool], Tuple[Array, Ma
 
 # ---------------------------------------------------------------- writing the data set
 
-def _to_png(array: Array, path: Path) -> None:
-    Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8)).save(path)
+def _save_image(array: Array, path: Path) -> None:
+    """An image in [0, 1] as 8 bits, in the format of the path's suffix. JPEGs at quality 95 keep the
+    lesions crisp (PNG takes no quality); PIL gives the same bytes for the same pixels."""
+    Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8)).save(path, quality=95)
 
 
 def _image_rng(seed: int, obj: str, split: str, cls: str, index: int) -> np.random.Generator:
@@ -278,9 +280,9 @@ def _write_class(root: Path, obj: str, split: str, cls: str, count: int, seed: i
     names = [image_name(split, cls, i) for i in range(count)]
     for i, name in enumerate(names):
         img, mask = GENERATORS[obj](_image_rng(seed, obj, split, cls, i), size, cls == 'Ungood')
-        _to_png(img, img_dir / name)
+        _save_image(img, img_dir / name)
         if mask is not None:
-            _to_png(mask.astype(float), mask_dir / name)
+            _save_image(mask.astype(float), mask_dir / name)
     return names
 
 
@@ -361,10 +363,10 @@ def generate_mvtec(out_dir: Path, seed: int = 0, size: int = 64, n_train: int = 
             (root / split / kind).mkdir(parents=True, exist_ok=True)
             for index in range(count):
                 img, mask = _category_image(seed, size, category, split, kind, index)
-                _to_png(img, root / split / kind / f'{index:03d}.png')
+                _save_image(img, root / split / kind / f'{index:03d}.png')
                 if mask is not None:
                     (root / 'ground_truth' / kind).mkdir(parents=True, exist_ok=True)
-                    _to_png(mask.astype(float), root / 'ground_truth' / kind / f'{index:03d}_mask.png')
+                    _save_image(mask.astype(float), root / 'ground_truth' / kind / f'{index:03d}_mask.png')
     return Path(out_dir)
 
 
@@ -384,11 +386,11 @@ def generate_visa(out_dir: Path, seed: int = 0, size: int = 64, n_train: int = 6
         for index in range(n_train + n_test):
             split = 'train' if index < n_train else 'test'
             img, _ = _category_image(seed, size, category, 'normal', NORMAL_FOLDER, index)
-            _to_jpeg(img, out_dir / images / 'Normal' / f'{index:04d}.JPG')
+            _save_image(img, out_dir / images / 'Normal' / f'{index:04d}.JPG')
             rows.append((category, split, 'normal', (images / 'Normal' / f'{index:04d}.JPG').as_posix(), ''))
         for index in range(n_test):
             img, mask = _category_image(seed, size, category, 'anomaly', DEFECTS[0], index)
-            _to_jpeg(img, out_dir / images / 'Anomaly' / f'{index:03d}.JPG')
+            _save_image(img, out_dir / images / 'Anomaly' / f'{index:03d}.JPG')
             Image.fromarray(mask.astype(np.uint8)).save(out_dir / masks / f'{index:03d}.png')
             rows.append((category, 'test', 'anomaly', (images / 'Anomaly' / f'{index:03d}.JPG').as_posix(),
                          (masks / f'{index:03d}.png').as_posix()))
@@ -398,11 +400,6 @@ def generate_visa(out_dir: Path, seed: int = 0, size: int = 64, n_train: int = 6
         writer.writerow(('object', 'split', 'label', 'image', 'mask'))
         writer.writerows(rows)
     return out_dir
-
-
-def _to_jpeg(array: Array, path: Path) -> None:
-    # Quality 95 keeps the lesions crisp; PIL's encoder gives the same bytes for the same pixels.
-    Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8)).save(path, quality=95)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
