@@ -76,19 +76,21 @@ def tsne_panels(path: Path, panels: Sequence[Tuple[str, np.ndarray, np.ndarray, 
 def level_map_panel(path: Path, rows: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray]],
                     level_names: Sequence[str]) -> None:
     """Per image (title, image (S, S, 3) in [0, 1], mask (S, S) or None, level maps (K, S, S), fused map (S, S)):
-    a row of the image, its mask, each level's map and the fused map over the image (JET, 0 blue to 1 red)."""
+    a row of the image, its mask, each level's map and the fused map over the image, drawn as every heatmap
+    of the project (`visualize.overlay`: JET, 0 blue to 1 red)."""
+    from mvfa.visualize import overlay, to_uint8  # torch: only when a panel is drawn
     plt = pyplot()
     columns = ['image', 'mask', *level_names, 'fused']
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.8 * len(columns), 1.9 * len(rows)),
                                 squeeze=False)
     for ax_row, (title, image, mask, levels, fused) in zip(axes, rows):
+        image = to_uint8(image)
         ax_row[0].imshow(image)
         ax_row[0].set_ylabel(title, fontsize='x-small')
         if mask is not None:
             ax_row[1].imshow(mask, cmap='gray', vmin=0, vmax=1)
         for ax, anomaly_map in zip(ax_row[2:], [*levels, fused]):
-            ax.imshow(image)
-            ax.imshow(anomaly_map, cmap='jet', vmin=0, vmax=1, alpha=0.5)
+            ax.imshow(overlay(image, anomaly_map))
         for ax in ax_row:
             ax.set_xticks([])
             ax.set_yticks([])
