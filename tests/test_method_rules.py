@@ -15,13 +15,17 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 # Every production name this file uses, imported in one place (ported when modules move).
+import test_few
+import test_zero
 import train_few
 import train_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
-from dataset.bmad import MedTestDataset
+from dataset.bmad import MedTestDataset, load_mask
+from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
 from mvfa import few_shot, scoring, zero_shot
@@ -32,6 +36,7 @@ from mvfa.evaluation import Evaluation, evaluate
 from mvfa.memory_bank import build_memory_bank
 from mvfa.training import AdapterOptimizers, train_step
 from prompt import TEMPLATES, encode_text_with_prompt_ensemble
+from utils import augment
 
 SIZE = 56  # 4 x 4 patches of the tiny CLIP (patch 14)
 PATCHES = (SIZE // 14) ** 2
@@ -347,3 +352,112 @@ def test_checkpoint_keys_are_the_authors(model, tmp_path):
         for level in range(2):
             assert torch.equal(adapters[level].fc1[0].weight, authors[key][f'{level}.fc1.0.weight'])
             assert torch.equal(adapters[level].fc2[0].weight, authors[key][f'{level}.fc2.0.weight'])
+
+
+# ---------------------------------------------------------------- the memory bank of few-shot training
+
+def test_few_shot_training_bank_holds_the_normal_support_images_only(data, tmp_path, monkeypatch):
+    """Catches: few-shot model selection scoring against a bank of the abnormal support streams
+    (`streams[:len(abnormal)]` for `streams[len(abnormal):]` in `few_shot.few_shot_training`).
+    At every evaluation of a training run, the bank equals one built by hand, with the model as it is
+    then, from the augmented normal support images (not from their cached streams)."""
+    support = MedDataset(data, 'Brain', SCRIPT_SIZE, 1, 0, data / 'fewshot_seed')
+    normal, _ = augment(support.fewshot_norm_img)
+    abnormal, _ = augment(support.fewshot_abnorm_img, support.fewshot_abnorm_mask)
+    banks_checked = []
+
+    def checked_evaluate(model, loader, text_features, has_masks, bank=None, **kwargs) -> Evaluation:
+        expected = build_memory_bank(model, normal, 4)
+        wrong = build_memory_bank(model, abnormal, 4)
+        for head in ('seg', 'det'):
+            for level_bank, level_expected, level_wrong in zip(getattr(bank, head), getattr(expected, head),
+                                                               getattr(wrong, head)):
+                assert level_bank.shape == (len(normal) * (1 + (SCRIPT_SIZE // 14) ** 2), 96)
+                torch.testing.assert_close(level_bank, level_expected, atol=1e-5, rtol=0)
+                assert (level_wrong - level_expected).abs().max() > 1e-3  # not vacuous
+        banks_checked.append(bank)
+        return evaluate(model, loader, text_features, has_masks, bank, **kwargs)
+    monkeypatch.setattr(few_shot, 'evaluate', checked_evaluate)
+    flags = script_flags(data, tmp_path, 'Brain') + ['--shot', '1', '--iterate', '0', '--fewshot_seed_dir',
+                                                     str(data / 'fewshot_seed'), '--batch_size', '22']
+    train_few.main(flags + ['--epoch', '2'])
+    assert len(banks_checked) == 2  # one per epoch; the kept epoch's test result is reused
+
+
+# ---------------------------------------------------------------- the defaults a user gets
+
+def script_defaults(monkeypatch, script, module, body: str, argv: List[str]):
+    """The flags `script.main(argv)` hands to its body, which is not run."""
+    captured = []
+    monkeypatch.setattr(module, body, lambda args, *rest: captured.append(args))
+    script.main(argv)
+    return captured[0]
+
+
+def test_every_default_a_user_gets_is_the_papers(monkeypatch, data, tmp_path):
+    """Catches: a default of the method changed (MVFAConfig's few_shot_learning_rate 1e-4, seed 112, levels,
+    img_size, epochs, betas, fusion weights, evaluations per epoch, or a script passing the wrong rate).
+    The paper's values are written here, not read back from mvfa/config.py; the optimizer's rate and
+    betas are read from a real optimizer built for a default run."""
+    paper = {'img_size': 240, 'features_list': [6, 12, 18, 24], 'seed': 111, 'model_name': 'ViT-L-14-336',
+             'pretrain': 'openai', 'quick_gelu': False, 'adaptation': 'adapter', 'precision': 'auto'}
+    training = {'epoch': 50, 'batch_size': 1, 'selection': 'test', 'save_model': 1}
+    few_shot_flags = {'shot': 4, 'iterate': 0}
+    runs = {
+        'train_few': (train_few, few_shot, 'few_shot_training', {**paper, **training, **few_shot_flags,
+                                                                 'learning_rate': 1e-3, 'obj': 'Liver'}),
+        'train_zero': (train_zero, zero_shot, 'zero_shot_training', {**paper, **training, 'learning_rate': 1e-4,
+                                                                     'obj': 'Retina_RESC'}),
+        'test_few': (test_few, few_shot, 'few_shot_test', {**paper, **few_shot_flags, 'obj': 'Liver'}),
+        'test_zero': (test_zero, zero_shot, 'zero_shot_test', {**paper, 'obj': 'Retina_RESC'}),
+    }
+    for name, (script, module, body, expected) in runs.items():
+        args = script_defaults(monkeypatch, script, module, body, [])
+        assert {flag: getattr(args, flag) for flag in expected} == expected, name
+    monkeypatch.undo()
+
+    # What the model and the optimizer of a default few-shot run hold (tiny model flags only).
+    built = []
+    monkeypatch.setattr(few_shot, 'AdapterOptimizers', lambda model, rate: built.append(
+        (model, AdapterOptimizers(model, rate))) or built[-1][1])
+    flags = script_flags(data, tmp_path, 'Brain') + ['--shot', '1', '--fewshot_seed_dir', str(data / 'fewshot_seed'),
+                                                     '--epoch', '1', '--save_model', '0']
+    train_few.main(flags)
+    model, optimizers = built[0]
+    for optimizer in (optimizers.seg, optimizers.det):
+        assert optimizer.param_groups[0]['lr'] == 1e-3
+        assert optimizer.param_groups[0]['betas'] == (0.5, 0.999)
+    config = model.config
+    assert (config.zero_shot_weight, config.few_shot_weight) == (0.5, 0.5)
+    assert (config.residual_keep, config.residual_adapter) == (0.8, 0.1)
+    assert config.logit_scale == 100.0
+    assert config.evaluations_per_epoch == 5
+
+
+# ---------------------------------------------------------------- zero-shot evaluations per epoch
+
+def test_zero_shot_training_scores_the_target_every_fifth_of_an_epoch(tmp_path_factory, monkeypatch):
+    """Catches: zero-shot training scoring the target other than every `len(loader) // 5` steps
+    (`evaluations_per_epoch` 4, or `len(batches) / 5` rounded otherwise). 20 one-image batches: scored at
+    batches 0, 4, 8, 12 and 16 (four times per epoch would score at 0, 5, 10 and 15)."""
+    data = generate(tmp_path_factory.mktemp('twenty'), size=32, n_test=2, n_valid=1, shots=(1,), iterations=1)
+    remaining = scripted_evaluate(monkeypatch, zero_shot, [0.1, 0.2, 0.3, 0.4, 0.5])
+    monkeypatch.setattr(zero_shot, 'train_step', lambda *args, **kwargs: torch.tensor(0.0))
+    save = tmp_path_factory.mktemp('every-fifth')
+    train_zero.main(script_flags(data, save, 'Liver') + ['--epoch', '1', '--batch_size', '1'])
+    assert remaining == []  # exactly five evaluations
+    # Rising scores: the last one is kept, at batch 16.
+    assert json.loads((save / 'Liver.json').read_text())['step'] == 'epoch 0 batch 16'
+
+
+# ---------------------------------------------------------------- masks
+
+def test_grey_mask_values_are_abnormal_above_one_half_only(tmp_path):
+    """Catches: masks binarised at > 0 instead of > 0.5 (`load_mask` in dataset/bmad.py): a mask with grey
+    values (resized or JPEG-compressed) must not count 0.3 as abnormal. 0 and 77 (0.30) read as 0,
+    200 (0.78) and 255 as 1."""
+    grey = np.array([[0, 77], [200, 255]], dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
+    Image.fromarray(grey).save(tmp_path / 'mask.png')
+    mask = load_mask(tmp_path / 'mask.png', 8)
+    expected = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    assert torch.equal(mask, expected[None])
