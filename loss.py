@@ -21,7 +21,7 @@ class FocalLoss(nn.Module):
     p_t before the log; no class weighting. Mean over all pixels.
     """
 
-    def __init__(self, gamma: float = 2.0, smooth: float = 1e-5) -> None:
+    def __init__(self, gamma: float = PAPER.focal_gamma, smooth: float = PAPER.focal_smooth) -> None:
         super().__init__()
         if not 0.0 <= smooth <= 1.0:
             raise ValueError(f'smooth must be in [0, 1], got {smooth}')
@@ -38,9 +38,9 @@ class FocalLoss(nn.Module):
 
 
 class BinaryDiceLoss(nn.Module):
-    """1 - Dice with smoothing 1, per sample, averaged over the batch."""
+    """1 - Dice with additive smoothing (the paper: 1), per sample, averaged over the batch."""
 
-    def __init__(self, smooth: float = 1.0) -> None:
+    def __init__(self, smooth: float = PAPER.dice_smooth) -> None:
         super().__init__()
         self.smooth = smooth
 
@@ -58,18 +58,19 @@ class MVFALoss:
     state probabilities plus Dice of the abnormal one.
     """
 
-    def __init__(self, img_size: int, config: MVFAConfig = PAPER) -> None:
-        self.img_size = img_size
+    def __init__(self, config: MVFAConfig = PAPER) -> None:
         self.config = config
-        self.focal, self.dice, self.bce = FocalLoss(), BinaryDiceLoss(), nn.BCEWithLogitsLoss()
+        self.focal = FocalLoss(config.focal_gamma, config.focal_smooth)
+        self.dice = BinaryDiceLoss(config.dice_smooth)
+        self.bce = nn.BCEWithLogitsLoss()
 
     def __call__(self, seg_tokens: Sequence[Tensor], det_tokens: Sequence[Tensor], text_features: Tensor,
                  labels: Tensor, masks: Optional[Tensor]) -> Tensor:
         loss = sum(self.bce(scoring.zero_shot_image_scores([t], text_features, self.config), labels)
                    for t in det_tokens)
         if masks is not None:
-            masks = (masks > 0.5).float()
+            masks = (masks > self.config.mask_threshold).float()
             for level_tokens in seg_tokens:
-                probs = scoring.zero_shot_level_probs(level_tokens, text_features, self.img_size, self.config)
+                probs = scoring.zero_shot_level_probs(level_tokens, text_features, self.config.img_size, self.config)
                 loss = loss + self.focal(probs, masks) + self.dice(probs[:, ABNORMAL_COLUMN], masks)
         return loss

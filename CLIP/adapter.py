@@ -6,6 +6,7 @@ the frozen stream, `MultiLevelAdaptedCLIP.adapt` where the levels sit between th
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import ContextManager, List, Optional, Sequence, Tuple
 
 import torch
@@ -112,7 +113,8 @@ class MultiLevelAdaptedCLIP(nn.Module):
         self.adaptation = adaptation
         self.image_encoder = visual
         self.features = features
-        self.config = config
+        # The config of the model as built: the method's numbers with its own levels and input size.
+        self.config = replace(config, levels=tuple(features), img_size=visual.image_size[0])
         self.precision = 'fp32'
         self.fused_attention = fused_attention and all(map(fuses_attention, visual.transformer.resblocks))
         width, embed_dim = visual.conv1.out_channels, visual.output_dim
@@ -126,7 +128,7 @@ class MultiLevelAdaptedCLIP(nn.Module):
 
     @property
     def img_size(self) -> int:
-        return self.image_encoder.image_size[0]
+        return self.config.img_size
 
     def train(self, mode: bool = True) -> 'MultiLevelAdaptedCLIP':
         """The frozen encoder stays in eval mode, in training too, as in the authors' code."""

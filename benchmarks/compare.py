@@ -139,7 +139,7 @@ def score_test_set(path: str, model: MultiLevelAdaptedCLIP, workload: Workload, 
 def train_ours(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Tensor) -> Tuple[float, int]:
     """One epoch of training steps from the streams, as train_few.py runs it; its losses read once."""
     optimizers = AdapterOptimizers(model, PAPER.few_shot_learning_rate)
-    loss_fn = MVFALoss(model.img_size, model.config)
+    loss_fn = MVFALoss(model.config)
     losses = EpochLosses()
     for streams, masks, labels in loader:
         losses.add(train_step(model, optimizers, loss_fn, streams, labels, masks, text_features, from_streams=True))

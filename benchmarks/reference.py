@@ -105,7 +105,7 @@ def reference_train(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_featu
     betas = model.config.adam_betas
     seg_optimizer = torch.optim.Adam(model.seg_adapters.parameters(), lr=learning_rate, betas=betas)
     det_optimizer = torch.optim.Adam(model.det_adapters.parameters(), lr=learning_rate, betas=betas)
-    loss_fn = MVFALoss(model.img_size, model.config)
+    loss_fn = MVFALoss(model.config)
     text_features = text_features.to(model.device)
     losses = []
     for images, masks, labels in loader:

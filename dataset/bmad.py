@@ -14,6 +14,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from mvfa.config import PAPER
+
 from .layouts import IMAGE_SUFFIXES, DataError, Record, detect_layout
 
 # PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
@@ -64,7 +66,7 @@ def load_mask(path: Path, img_size: int) -> Tensor:
         # Labels rather than grey levels (0/1, or VisA's defect indices): any positive one is abnormal.
         mask = mask.point(lambda value: 255 if value else 0)
     resized = transforms.Resize((img_size, img_size), Image.NEAREST)(mask)
-    return (transforms.functional.to_tensor(resized) > 0.5).float()
+    return (transforms.functional.to_tensor(resized) > PAPER.mask_threshold).float()
 
 
 class MedTestDataset(Dataset):

@@ -34,6 +34,13 @@ class MVFAConfig:
     # Zero-shot training scores the target this many times per epoch (every len(loader) // 5 steps).
     evaluations_per_epoch: int = 5
     seed: int = 111
+    # The loss: focal loss with gamma 2 and one-hot targets clamped by 1e-5, Dice smoothed by 1.
+    focal_gamma: float = 2.0
+    focal_smooth: float = 1e-5
+    dice_smooth: float = 1.0
+    # A mask pixel is abnormal above this value (masks in [0, 1]): resized or JPEG-compressed masks
+    # have grey values, and a 0.3 must not count.
+    mask_threshold: float = 0.5
 
 
 PAPER = MVFAConfig()

@@ -50,7 +50,7 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
     scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
         validation, batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
     optimizers = AdapterOptimizers(model, args.learning_rate)
-    loss_fn = MVFALoss(args.img_size, model.config)
+    loss_fn = MVFALoss(model.config)
 
     def score(loader: DataLoader) -> Evaluation:
         """The loader's images scored against a memory bank of the model as it is now."""

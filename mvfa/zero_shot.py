@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from dataset.bmad import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
-from dataset.objects import has_masks
 from dataset.validate import validate_leave_one_out, validate_object
 from loss import MVFALoss
 from mvfa.checkpoint import adopt_model_flags
@@ -39,7 +38,7 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
     scored_loader = cache_if_wanted(model, selection_loader(args.selection, test_loader, lambda: DataLoader(
         validation, batch_size=args.eval_batch_size, **session.loader_options())), args.cache_streams)
     optimizers = AdapterOptimizers(model, args.learning_rate)
-    loss_fn = MVFALoss(args.img_size, model.config)
+    loss_fn = MVFALoss(model.config)
     # The batch order's own generator: the resume state keeps its state beside the global ones.
     shuffler = random.Random(args.seed)
 
@@ -62,7 +61,7 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
                     evaluation = score(scored_loader)
                     if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
                         print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
-                source_masks = masks if has_masks(train_set.sources[source]) else None
+                source_masks = masks if train_set.splits[source].has_masks else None
                 losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks,
                                       source_text[source]))
             report_epoch(epoch, losses)

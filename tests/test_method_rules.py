@@ -317,7 +317,7 @@ def test_seg_adapters_step_only_for_images_with_masks(model):
         optimizers = AdapterOptimizers(model, 1e-3)
         before = {key: {name: value.clone() for name, value in getattr(model, key).state_dict().items()}
                   for key in ('seg_adapters', 'det_adapters')}
-        loss = train_step(model, optimizers, MVFALoss(SIZE), images, labels, masks if with_masks else None, text)
+        loss = train_step(model, optimizers, MVFALoss(model.config), images, labels, masks if with_masks else None, text)
         assert torch.isfinite(loss)
         changed = {key: {name for name, value in getattr(model, key).state_dict().items()
                          if not torch.equal(value, before[key][name])} for key in before}

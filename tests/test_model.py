@@ -43,6 +43,14 @@ def test_adapter_sizes_come_from_the_model(tiny):
     assert trainable == {'seg_adapters', 'det_adapters'}
 
 
+def test_the_models_config_is_the_one_it_was_built_with(tiny):
+    """Catches: `model.config` left at the paper's levels (6 12 18 24) and size (240) for a model built with
+    others: the loss upsamples to `config.img_size`, and the sidecar's reader trusts it."""
+    model = MultiLevelAdaptedCLIP(tiny, [2, 7])
+    assert (model.config.levels, model.config.img_size, model.img_size) == ((2, 7), 56, 56)
+    assert model.config.residual_keep == 0.8 and model.config.zero_shot_weight == 0.5  # the rest is the paper's
+
+
 @pytest.mark.parametrize('features', [[0, 3], [3, 13], [6, 3], [3, 3], []])
 def test_bad_feature_levels_are_refused(tiny, features):
     with pytest.raises(ValueError, match='features_list'):

@@ -172,7 +172,7 @@ def test_few_shot_training_steps(parity_model, parity_clip, expected, parity_set
         images, masks, labels = few_shot_training_set(data)
         features = text(parity_clip, obj)
         optimizers = AdapterOptimizers(parity_model, 1e-3)
-        losses = [train_step(parity_model, optimizers, MVFALoss(240), images[[i]], labels[[i]],
+        losses = [train_step(parity_model, optimizers, MVFALoss(parity_model.config), images[[i]], labels[[i]],
                              masks[[i]] if data.has_masks else None, features).item()
                   for i in expected[f'train_few/{obj}/order']]
         np.testing.assert_allclose(losses, expected[f'train_few/{obj}/losses'], rtol=1e-4)
@@ -186,7 +186,7 @@ def test_zero_shot_training_steps(parity_model, parity_clip, expected, parity_fi
         data = MedTestDataset(PARITY / 'data', obj, 240)
         image, label, mask = data[int(expected[f'train_zero/{obj}/idx'][0])]
         optimizers = AdapterOptimizers(parity_model, 1e-4)
-        loss = train_step(parity_model, optimizers, MVFALoss(240), image[None], torch.tensor([label]),
+        loss = train_step(parity_model, optimizers, MVFALoss(parity_model.config), image[None], torch.tensor([label]),
                           mask[None] if data.has_masks else None, text(parity_clip, obj)).item()
         assert loss == pytest.approx(float(expected[f'train_zero/{obj}/loss']), rel=1e-4)
     reference = torch.load(parity_files / 'adapters_after_train_zero.pth', weights_only=True)

@@ -269,7 +269,7 @@ def test_a_nan_loss_skips_the_step(adapted):
     images, labels = torch.rand(2, 3, SIZE, SIZE), torch.tensor([0.0, 1.0])
     optimizers = AdapterOptimizers(adapted, 1e-3)
     text = torch.nn.functional.normalize(torch.randn(96, 2), dim=0)  # (embed_dim, normal/abnormal)
-    train_step(adapted, optimizers, MVFALoss(SIZE), images, labels, None, text)
+    train_step(adapted, optimizers, MVFALoss(adapted.config), images, labels, None, text)
     before = {name: value.clone() for name, value in adapted.det_adapters.state_dict().items()}
     steps_before = [state['step'].item() for state in optimizers.det.state.values()]
     seg_before = {name: value.clone() for name, value in adapted.seg_adapters.state_dict().items()}
@@ -277,7 +277,7 @@ def test_a_nan_loss_skips_the_step(adapted):
     masks[1, :, :10, :10] = 1
 
     def nan_loss(*args):
-        return MVFALoss(SIZE)(*args) * float('nan')
+        return MVFALoss(adapted.config)(*args) * float('nan')
     loss = train_step(adapted, optimizers, nan_loss, images, labels, None, text)
     assert torch.isnan(loss)
     for name, value in adapted.det_adapters.state_dict().items():

@@ -156,7 +156,7 @@ def test_a_training_step_reads_nothing_back_to_the_host(model, text, monkeypatch
         raise AssertionError('a training step read a tensor back to the host')
     monkeypatch.setattr(torch.Tensor, 'item', no_host_read)
     monkeypatch.setattr(torch.Tensor, '__bool__', no_host_read)
-    loss = training.train_step(model, optimizers, MVFALoss(SIZE), torch.rand(1, 3, SIZE, SIZE), torch.ones(1),
+    loss = training.train_step(model, optimizers, MVFALoss(model.config), torch.rand(1, 3, SIZE, SIZE), torch.ones(1),
                                (torch.rand(1, 1, SIZE, SIZE) > 0.5).float(), text)
     monkeypatch.undo()
     assert loss.shape == () and not loss.requires_grad and torch.isfinite(loss)
