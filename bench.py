@@ -25,21 +25,18 @@ from mvfa.flags import FlagParser, parse_or_exit
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__)
-    p.add_argument('--model_name', default='ViT-L-14-336',
-                   help='open_clip model name, a config name in CLIP/model_configs (e.g. tiny-clip), or a JSON path')
-    p.add_argument('--pretrain', default='none', help="'none' (random weights: speed does not depend on them), "
-                                                      "'openai' or a weights file")
-    p.add_argument('--img_size', type=int, default=240, help='input resolution')
-    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
-                   help='1-based transformer blocks that get adapters')
-    p.add_argument('--n_images', type=int, default=8, help='test images, half normal, half abnormal with masks')
-    p.add_argument('--batch_size', type=int, default=8, help='our inference batch (the reference runs batch 1)')
-    p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images (11 views each)')
-    p.add_argument('--device', default=None, help='cuda, mps or cpu (default: cuda if available, else mps, else cpu)')
-    p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
-                   help='autocast of both paths; auto: fp16 on CUDA (as the authors ran), fp32 elsewhere')
-    p.add_argument('--threads', type=int, default=None, help="CPU threads of each path (default: torch's)")
-    p.add_argument('--seed', type=int, default=111, help='seed of the weights, images and training')
+    p.add('model_name')
+    p.add('pretrain', default='none', help="'none' (random weights: speed does not depend on them), 'openai' or a "
+                                           "weights file")
+    p.add('img_size')
+    p.add('features_list')
+    p.add('n_images', default=8, help='test images, half normal, half abnormal with masks')
+    p.add('batch_size', default=8, help='our inference batch (the reference runs batch 1)')
+    p.add('shot', help='k abnormal + k normal support images (11 views each)')
+    p.add('device')
+    p.add('precision', help='autocast of both paths; auto: fp16 on CUDA (as the authors ran), fp32 elsewhere')
+    p.add('threads', help="CPU threads of each path (default: torch's)")
+    p.add('seed', help='seed of the weights, images and training')
     p.add_argument('--json', type=Path, default=None, help='also write the report to this JSON file')
     return parse_or_exit(p, argv)
 

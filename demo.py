@@ -57,14 +57,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = FlagParser(description=__doc__)
     p.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS,
                    help='objects to train and test (zero-shot training always reads the other five)')
-    p.add_argument('--size', type=int, default=64, help='side of the synthetic images, pixels')
-    p.add_argument('--n_test', type=int, default=16, help='synthetic test images per class (good, Ungood)')
-    p.add_argument('--epoch', type=int, default=5,
-                   help='training epochs, both settings (fewer make the untrained-vs-trained gap noisy)')
-    p.add_argument('--img_size', type=int, default=112, help='model input side (a multiple of 14)')
-    p.add_argument('--seed', type=int, default=111, help='seeds the random CLIP, the adapters and training')
-    p.add_argument('--selection', choices=('test', 'last'), default='test',
-                   help="adapters kept by training: 'test' the best on the test set (the paper), 'last' the final")
+    p.add('size', default=64)
+    p.add('n_test', default=16, help='synthetic test images per class (good, Ungood)')
+    p.add('epoch', default=5, help='training epochs, both settings (fewer make the untrained-vs-trained gap noisy)')
+    p.add('img_size', default=112, help='model input side (a multiple of 14)')
+    p.add('seed', help='seeds the random CLIP, the adapters and training')
+    p.add('selection', choices=('test', 'last'),
+          help="adapters kept by training: 'test' the best on the test set (the paper), 'last' the final")
     p.add_argument('--data_path', type=Path, default=Path('data/demo'), help='where the synthetic data goes')
     p.add_argument('--ckpt_path', type=Path, default=Path('ckpt/demo'), help='where the demo adapters go')
     p.add_argument('--out', type=Path, default=Path('vis/demo'), help='where the heatmaps go')

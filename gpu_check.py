@@ -41,22 +41,19 @@ Figure = Union[float, str, None]
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__)
     p.add_argument('--device', default='cuda', help="'cuda' (or 'cuda:1'); 'cpu' to try the script without a GPU")
-    p.add_argument('--model_name', default='ViT-L-14-336', help='as in the scripts, e.g. tiny-clip for a small run')
-    p.add_argument('--pretrain', default='none', help="CLIP weights: 'none' (random), 'openai' or a weights file")
-    p.add_argument('--features_list', type=int, nargs='+', default=[6, 12, 18, 24],
-                   help='1-based transformer blocks that get adapters')
-    p.add_argument('--img_size', type=int, default=240, help='input resolution (the paper: 240)')
-    p.add_argument('--n_test', type=int, default=BRAIN_TEST_IMAGES_PER_CLASS,
-                   help='synthetic test images per class (good, Ungood)')
-    p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images')
+    p.add('model_name', help='as in the scripts, e.g. tiny-clip for a small run')
+    p.add('pretrain', default='none', help="CLIP weights: 'none' (random), 'openai' or a weights file")
+    p.add('features_list')
+    p.add('img_size')
+    p.add('n_test', default=BRAIN_TEST_IMAGES_PER_CLASS, help='synthetic test images per class (good, Ungood)')
+    p.add('shot')
     p.add_argument('--precisions', nargs='+', choices=PRECISIONS, default=list(PRECISIONS),
                    help='the precisions bench.py runs at')
-    p.add_argument('--n_images', type=int, default=256, help="bench.py's test images")
-    p.add_argument('--batch_size', type=int, default=64, help="bench.py's inference batch")
-    p.add_argument('--epochs', type=int, default=2, help="train_few.py's epochs")
-    p.add_argument('--threads', type=int, default=None,
-                   help="CPU threads of bench.py's paths and of the scripts (default: torch's)")
-    p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='processes generating the data')
+    p.add('n_images', default=256, help="bench.py's test images")
+    p.add('batch_size', default=64, help="bench.py's inference batch")
+    p.add('epochs', default=2, help="train_few.py's epochs")
+    p.add('threads', help="CPU threads of bench.py's paths and of the scripts (default: torch's)")
+    p.add('workers', default=os.cpu_count() or 1, help='processes generating the data')
     p.add_argument('--work_dir', type=Path, default=None,
                    help='keep the data, checkpoint and results here (default: a temporary folder, removed)')
     p.add_argument('--json', type=Path, default=None, help='also write the figures to this JSON file')

@@ -37,8 +37,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mvfa.cli import MODEL_FLAGS, add_model_arguments, run
-from mvfa.flags import FlagError, FlagParser
+from mvfa.cli import add_model_arguments, run
+from mvfa.flags import MODEL_FLAGS, FlagError, FlagParser
 
 def build_parser() -> FlagParser:
     p = FlagParser(description=__doc__)

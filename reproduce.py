@@ -29,9 +29,10 @@ import train_few
 import train_zero
 from dataset.layouts import BMAD, DataError, detect_layout
 from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
-from mvfa.cli import DATA_PATH, FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
-from mvfa.config import SELECTION_MODES
-from mvfa.flags import FlagParser, flag_text
+from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
+from mvfa.config import PAPER
+from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, PASS_THROUGH, TRAINING_RUNS, FlagParser,
+                        flag_text)
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.studies import STUDIES, STUDY_HELP
 
@@ -40,15 +41,8 @@ ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published num
 LEVELS = ('image', 'pixel')
 # Every metric of a results file that the summary averages over draws.
 METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap', 'pixel_aupro')
-# Flags handed to the scripts unchanged: (flag, which scripts take it).
-PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
-                ('quick_gelu', 'all'), ('adaptation', 'all'), ('data_path', 'all'), ('device', 'all'),
-                ('precision', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
 # Where the authors' released checkpoints go (the test scripts' defaults); --skip_train falls back to them.
 RELEASED = {'zero-shot': Path(ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(FEW_SHOT_CHECKPOINTS)}
-# What summary.md and summary.csv say first about how the numbers were made: (label, flag).
-MADE_WITH = (('model', 'model_name'), ('weights', 'pretrain'), ('image size', 'img_size'),
-             ('adapted blocks', 'features_list'), ('epochs', 'epoch'), ('data', 'data_path'))
 SCRIPTS: Dict[tuple, Callable] = {('zero-shot', True): train_zero.main, ('few-shot', True): train_few.main,
                                   ('zero-shot', False): test_zero.main, ('few-shot', False): test_few.main}
 
@@ -79,15 +73,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="BMAD objects or categories of --data_path (MVTec AD, VisA), or 'all'")
     p.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=SETTINGS,
                    help='zero-shot: leave-one-out training (Table 1); few-shot: k-shot adaptation (Table 2)')
-    p.add_argument('--shots', type=int, nargs='+', default=[4],
-                   help='few-shot k (the paper: 4; 2, 4, 8 and 16 have seed lists)')
-    p.add_argument('--iterates', type=int, nargs='+', default=[0],
-                   help='few-shot draws: lines a-<i>/n-<i> of the seed lists')
-    p.add_argument('--random_draws', type=int, default=None,
-                   help='instead of --iterates: N seeded random draws (--iterate -1, --seed seed+i)')
-    p.add_argument('--selection', choices=SELECTION_MODES, default='test',
-                   help="model selection of training (see train_few.py --help); 'test' as the paper. "
-                        "With --skip_train the checkpoint's sidecar names it")
+    p.add('shots', default=[4], help='few-shot k (the paper: 4; 2, 4, 8 and 16 have seed lists)')
+    p.add('iterates', default=[0], help='few-shot draws: lines a-<i>/n-<i> of the seed lists')
+    p.add('random_draws', help='instead of --iterates: N seeded random draws (--iterate -1, --seed seed+i)')
+    p.add('selection', help="model selection of training (see train_few.py --help); 'test' as the paper. "
+                            "With --skip_train the checkpoint's sidecar names it")
     p.add_argument('--skip_train', action='store_true',
                    help='test existing checkpoints instead of training (<ckpt_dir>/zero-shot/<Obj>.pth, '
                         '<ckpt_dir>/few-shot/<k>shot_<draw>/<Obj>.pth; where missing, the authors\' released '
@@ -98,11 +88,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="folder of this script's checkpoints: away from the authors' released ones in "
                         f"{RELEASED['zero-shot']}/ and {RELEASED['few-shot']}/")
     add_model_arguments(p)
-    p.add_argument('--epoch', type=int, help="training epochs (default: the scripts' 50)")
-    p.add_argument('--batch_size', type=int, help="the scripts' --batch_size (default: theirs)")
-    p.add_argument('--data_path', help="folder holding <Obj>_AD folders, or MVTec AD or VisA (default: the "
-                                       "scripts' ./data/)")
-    p.add_argument('--fewshot_seed_dir', help="folder of the few-shot seed lists (default: the scripts')")
+    # Handed to the runs only where given: their defaults are the scripts'.
+    p.add('epoch', default=None, help=f"training epochs (default: the scripts' {PAPER.epochs})")
+    p.add('batch_size', default=None, help="the scripts' --batch_size (default: theirs)")
+    p.add('data_path', default=None, help=f"folder holding <Obj>_AD folders, or MVTec AD or VisA (default: the "
+                                          f"scripts' {DATA_PATH})")
+    p.add('fewshot_seed_dir', default=None, type=str, help="folder of the few-shot seed lists (default: the scripts')")
     p.add_argument('--study', choices=tuple(STUDIES), help=STUDY_HELP)
     args = p.parse_args(argv)
     # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar;
@@ -146,7 +137,8 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
         argv += ['--selection', args.selection]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
-        takes_it = flag in args.given and (scripts == 'all' or scripts == task.setting or (scripts == 'training' and not args.skip_train))
+        takes_it = flag in args.given and (scripts == ALL_RUNS or (scripts == FEW_SHOT_RUNS and task.setting == 'few-shot')
+                                           or (scripts == TRAINING_RUNS and not args.skip_train))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:

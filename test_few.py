@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, MODEL_FLAGS, ZERO_SHOT_CHECKPOINTS, parser, run
+from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run
+from mvfa.flags import MODEL_FLAGS
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation

@@ -15,14 +15,11 @@ from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
-from mvfa.config import ADAPTATIONS, PAPER, MVFAConfig
+from mvfa.config import ADAPTATIONS, PAPER, PRECISIONS, MVFAConfig
 
 # One tensor per adapted level, (B, 1 + L, embed_dim), class token first.
 LevelTokens = List[Tensor]
-# The precisions a model runs at, and the dtype fp16/bf16 autocast to.
-PRECISIONS = ('fp32', 'fp16', 'bf16')
-# 'adapter': MVFA's residual adapters, whose outputs re-enter the stream. 'projector': the paper's
-# Table 4 ablation, multi-level feature projectors that read the frozen stream and feed nothing back.
+# The dtypes fp16/bf16 autocast to.
 AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 

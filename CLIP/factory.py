@@ -17,6 +17,7 @@ import open_clip
 import torch
 from open_clip.model import CLIP, resize_pos_embed
 
+from mvfa.config import PAPER
 from mvfa.errors import UserError
 from mvfa.flags import FlagError
 
@@ -110,7 +111,7 @@ def resolve_weights(model_name: str, pretrained: str) -> Path:
 
 def create_model(
     model_name: str,
-    img_size: int = 240,
+    img_size: int = PAPER.img_size,
     pretrained: Optional[str] = 'openai',
     device: Union[str, torch.device] = 'cpu',
     quick_gelu: bool = False,

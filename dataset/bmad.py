@@ -76,7 +76,7 @@ class MedTestDataset(Dataset):
     Normal images and classification objects get all-zero masks.
     """
 
-    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = 240) -> None:
+    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = PAPER.img_size) -> None:
         self.class_name = class_name
         self.layout = detect_layout(dataset_path)
         self.resize = resize

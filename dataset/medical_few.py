@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mvfa.config import PAPER
+
 from .bmad import DataError, MedTestDataset, load_image, load_mask
 from .layouts import ABNORMAL, NORMAL, Layout, Record
 from .objects import DEFAULT_SEED_DIR, seed_list_path
@@ -72,7 +74,7 @@ class MedDataset(MedTestDataset):
     normal images alone, so `valid/Ungood` and the seed lists' `a-` lines may be missing.
     """
 
-    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = 240,
+    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = PAPER.img_size,
                  shot: int = 4, iterate: int = -1, seed_dir: str | Path = DEFAULT_SEED_DIR,
                  normal_only: bool = False) -> None:
         super().__init__(dataset_path, class_name, resize)

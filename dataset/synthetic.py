@@ -408,13 +408,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument('--layout', choices=LAYOUTS, default='bmad',
                         help="bmad: BMAD's <Obj>_AD folders and seed lists; mvtec: MVTec AD's; visa: VisA's with "
                              f"split_csv/1cls.csv (mvtec and visa: categories {', '.join(CATEGORIES)})")
-    parser.add_argument('--seed', type=int, default=0, help='the same seed gives byte-identical files')
-    parser.add_argument('--size', type=int, default=64, help='image side in pixels')
-    parser.add_argument('--n_test', type=int, default=12, help='test images per class (good, Ungood)')
-    parser.add_argument('--n_valid', type=int, default=8, help='bmad: valid images per class (good, Ungood)')
-    parser.add_argument('--n_train', type=int, default=8, help='mvtec, visa: normal training images per category')
-    parser.add_argument('--shots', type=int, nargs='+', default=[1, 2, 4], help='bmad: k of the k-shot seed lists')
-    parser.add_argument('--iterations', type=int, default=3, help='bmad: draws per seed list')
+    parser.add('seed', default=0, help='the same seed gives byte-identical files')
+    parser.add('size', default=64, help='image side in pixels')
+    parser.add('n_test', default=12, help='test images per class (good, Ungood)')
+    parser.add('n_valid', default=8, help='bmad: valid images per class (good, Ungood)')
+    parser.add('n_train', default=8, help='mvtec, visa: normal training images per category')
+    parser.add('shots', default=[1, 2, 4], help='bmad: k of the k-shot seed lists')
+    parser.add('iterations', default=3, help='bmad: draws per seed list')
     parser.add_argument('--objects', nargs='+', default=list(OBJECTS), choices=OBJECTS, help='bmad: objects')
     args = parse_or_exit(parser, argv)
     if args.layout == 'bmad':

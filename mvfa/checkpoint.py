@@ -11,9 +11,8 @@ from typing import Dict, Optional, Set
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.cli import MODEL_FLAGS
 from mvfa.errors import UserError
-from mvfa.flags import flag_text
+from mvfa.flags import MODEL_FLAGS, flag_text
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
 

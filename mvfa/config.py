@@ -48,5 +48,7 @@ PAPER = MVFAConfig()
 # How the frozen stream is adapted: MVFA's residual adapters, or the paper's Table 4 ablation
 # (projectors of the frozen stream that feed nothing back).
 ADAPTATIONS = ('adapter', 'projector')
+# The precisions a model runs at (fp16/bf16: autocast, frozen weights stored so).
+PRECISIONS = ('fp32', 'fp16', 'bf16')
 # Which training state is kept: the best on the test set (the paper), on valid/, or the last.
 SELECTION_MODES = ('test', 'valid', 'last')

@@ -1,12 +1,16 @@
-"""The range of every numeric flag, in one place, checked as the flags are parsed: before any model
-is loaded or any file written. No torch here: gpu_check.py and dataset/synthetic.py parse without it."""
+"""The flag registry: every shared flag declared once (`FLAGS`: type, default, range, help and roles), the
+lists of flags by role derived from it, and the parser that checks each range as the flags are parsed,
+before any model is loaded or any file written. Add a flag here. No torch: --help answers without it."""
 from __future__ import annotations
 
 import argparse
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Set
 
+from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from mvfa.config import ADAPTATIONS, PAPER, PRECISIONS, SELECTION_MODES
 from mvfa.errors import UserError
 
 
@@ -24,19 +28,118 @@ POSITIVE_INTEGER = Rule(lambda value: value >= 1, 'a positive integer')
 # numpy's seed is an unsigned 32-bit integer.
 SEED = Rule(lambda value: 0 <= value < 2 ** 32, 'an integer from 0 to 2**32 - 1')
 
-# By the flag's name (its `dest`): one name means one thing in every script that has it.
-RULES: Dict[str, Rule] = {
-    **{name: POSITIVE_INTEGER for name in (
-        'batch_size', 'eval_batch_size', 'epoch', 'epochs', 'shot', 'shots', 'img_size', 'features_list',
-        'n_test', 'n_valid', 'iterations', 'threads', 'workers', 'random_draws')},
+DATA_PATH = './data/'  # the authors' default --data_path
+# Which runs of reproduce.py a forwarded flag reaches.
+ALL_RUNS, TRAINING_RUNS, FEW_SHOT_RUNS = 'all', 'training', 'few-shot'
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag, declared once for every script that has it: argparse's fields and its roles.
+
+    Roles: `builds_model` (a checkpoint fits only the model built with it: the test scripts and
+    predict.py take it from the sidecar), `identity` (part of a training run's identity: --resume
+    refuses another value), `forwarded_to` (reproduce.py hands it, when given, to these runs),
+    `summary_label` (summary.md / .csv say it under this name in "Made with").
+    A script may give its own `default` and `help` where its use differs (e.g. --batch_size).
+    """
+    help: str
+    type: Optional[Callable[[str], object]] = None
+    default: object = None
+    nargs: Optional[str] = None
+    choices: Optional[Sequence[str]] = None
+    switch: bool = False  # a store_true flag
+    rule: Optional[Rule] = None
+    builds_model: bool = False
+    identity: bool = False
+    forwarded_to: Optional[str] = None
+    summary_label: Optional[str] = None
+
+    def arguments(self, **overrides: object) -> Dict[str, object]:
+        """add_argument's keyword arguments."""
+        if self.switch:
+            kwargs: Dict[str, object] = {'action': 'store_true', 'help': self.help}
+        else:
+            default = list(self.default) if isinstance(self.default, tuple) else self.default
+            kwargs = {'type': self.type, 'default': default, 'help': self.help}
+            kwargs.update({key: value for key, value in (('nargs', self.nargs), ('choices', self.choices))
+                           if value is not None})
+        kwargs.update(overrides)
+        return kwargs
+
+
+def model_flag(help: str, **fields: object) -> Flag:
+    """A flag that builds the model: in the run's identity and handed to every run of reproduce.py."""
+    return Flag(help, builds_model=True, identity=True, forwarded_to=ALL_RUNS, **fields)
+
+
+# Every flag that several commands share or that has a range, by its `dest`: one name means one thing in every
+# script. The method's defaults come from PAPER; script-specific flags are declared in their scripts. The order is
+# the order summaries list the flags they record.
+FLAGS: Dict[str, Flag] = {
+    # The model.
+    'model_name': model_flag('open_clip model name, a config name in CLIP/model_configs (e.g. tiny-clip), or a '
+                             'JSON path', default='ViT-L-14-336', summary_label='model'),
+    'pretrain': model_flag("'openai' (CLIP/ckpt/ViT-L-14-336px.pt, else open_clip's download), a weights file, "
+                           "or 'none'", default='openai', summary_label='weights'),
+    'img_size': model_flag('input resolution (the paper: 240)', type=int, default=PAPER.img_size,
+                           rule=POSITIVE_INTEGER, summary_label='image size'),
+    'features_list': model_flag('1-based transformer blocks that get adapters', type=int, nargs='+',
+                                default=PAPER.levels, rule=POSITIVE_INTEGER, summary_label='adapted blocks'),
+    'quick_gelu': model_flag("QuickGELU, as OpenAI trained CLIP (the authors' numbers use exact GELU)", switch=True),
+    'adaptation': model_flag("'adapter': MVFA's residual adapters; 'projector': the paper's Table 4 ablation, "
+                             "projectors of the frozen stream that feed nothing back", choices=ADAPTATIONS,
+                             default='adapter'),
+    # Few-shot support sets.
+    'shot': Flag('k abnormal + k normal support images', int, 4, rule=POSITIVE_INTEGER, identity=True),
+    'iterate': Flag('which draw of the seed list (a-<i>/n-<i>); < 0: seeded random draw', int, 0, identity=True),
+    'fewshot_seed_dir': Flag('folder of <Obj>/<k>-shot.txt seed lists', Path, DEFAULT_SEED_DIR, identity=True,
+                             forwarded_to=FEW_SHOT_RUNS),
+    # Training.
+    'epoch': Flag('epochs', int, PAPER.epochs, rule=POSITIVE_INTEGER, forwarded_to=TRAINING_RUNS,
+                  summary_label='epochs'),
     # 0 is a run that does not learn: the untrained adapters, scored as training would.
-    'learning_rate': Rule(lambda value: value >= 0, 'a number >= 0'),
-    'seed': SEED,
-    'iterates': Rule(lambda value: value >= 0, 'a line of the seed lists: an integer from 0'),
-    'n_images': Rule(lambda value: value >= 2, 'at least 2 (one normal and one abnormal image)'),
+    'learning_rate': Flag('Adam learning rate', float, PAPER.few_shot_learning_rate,
+                          rule=Rule(lambda value: value >= 0, 'a number >= 0'), identity=True),
+    'eval_batch_size': Flag('images per inference batch for model selection (scores do not depend on it)', int, 16,
+                            rule=POSITIVE_INTEGER),
+    'selection': Flag("which state is kept and reported: 'test' the best on the test set (the paper), 'valid' the "
+                      "best on valid/ minus the support images, 'last' the final one", choices=SELECTION_MODES,
+                      default='test', identity=True),
+    # What is run, on what.
+    'obj': Flag(f"target object: {', '.join(OBJECTS)}, or a category of --data_path", identity=True),
+    'data_path': Flag('folder holding <Obj>_AD folders, or MVTec AD or VisA', default=DATA_PATH,
+                      forwarded_to=ALL_RUNS, summary_label='data'),
+    'save_path': Flag('folder of the <Obj>.pth adapter checkpoints'),
+    'batch_size': Flag('images per inference batch (scores do not depend on it)', int, 16, rule=POSITIVE_INTEGER,
+                       identity=True, forwarded_to=ALL_RUNS),
+    'results': Flag('write the scores and AUROCs to this JSON file', Path),
+    'seed': Flag('seed of random, numpy and torch (reproduce.py: of the first random draw)', int, PAPER.seed,
+                 rule=SEED, identity=True),
+    'device': Flag('cuda, mps or cpu (default: cuda if available, else mps, else cpu)', forwarded_to=ALL_RUNS),
+    'precision': Flag('autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere', default='auto',
+                      choices=('auto', *PRECISIONS), forwarded_to=ALL_RUNS),
+    # Only range-checked here; each command that has them says what they count.
+    **{name: Flag(help, int, rule=POSITIVE_INTEGER) for name, help in (
+        ('epochs', 'epochs'), ('n_test', 'test images per class'), ('n_valid', 'valid images per class'),
+        ('n_train', 'training images per category'), ('iterations', 'draws per seed list'),
+        ('threads', 'CPU threads'), ('workers', 'worker processes'), ('random_draws', 'N seeded random draws'))},
+    'shots': Flag('k of the k-shot support sets', int, nargs='+', rule=POSITIVE_INTEGER),
+    'iterates': Flag('lines a-<i>/n-<i> of the seed lists', int, nargs='+',
+                     rule=Rule(lambda value: value >= 0, 'a line of the seed lists: an integer from 0')),
+    'n_images': Flag('test images', int, rule=Rule(lambda value: value >= 2, 'at least 2 (one normal and one '
+                                                                             'abnormal image)')),
     # The synthetic images' side: smaller ones leave no room for a lesion.
-    'size': Rule(lambda value: value >= 16, 'at least 16 (pixels)'),
+    'size': Flag('side of the synthetic images, pixels', int, rule=Rule(lambda value: value >= 16,
+                                                                         'at least 16 (pixels)')),
 }
+
+# The roles, derived: nothing else lists flag names.
+MODEL_FLAGS = tuple(name for name, flag in FLAGS.items() if flag.builds_model)
+TRAINING_FLAGS = tuple(name for name, flag in FLAGS.items() if flag.identity)
+PASS_THROUGH = tuple((name, flag.forwarded_to) for name, flag in FLAGS.items() if flag.forwarded_to)
+MADE_WITH = tuple((flag.summary_label, name) for name, flag in FLAGS.items() if flag.summary_label)
+RULES = {name: flag.rule for name, flag in FLAGS.items() if flag.rule is not None}
 
 
 def flag_text(value: object) -> str:
@@ -82,6 +185,10 @@ class FlagParser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         check(vars(parsed))
         return parsed
+
+    def add(self, name: str, **overrides: object) -> None:
+        """Add the declared flag `name` (see FLAGS), with this script's own default or help if given."""
+        self.add_argument(f'--{name}', **FLAGS[name].arguments(**overrides))
 
     def given(self, args: Optional[Sequence[str]], names: Sequence[str]) -> Set[str]:
         """Those of the flags `names` (dests) written on the command line `args`, even at their default value."""

@@ -21,16 +21,13 @@ import torch
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
 from mvfa.evaluation import Evaluation
-from mvfa.flags import flag_text
+from mvfa.flags import TRAINING_FLAGS, flag_text
 from mvfa.results import flag_values
 from mvfa.selection import ModelSelection
 from mvfa.training import AdapterOptimizers
 
 # Per-pixel arrays of an evaluation, left out of the resume state for their size.
 PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
-# Flags that change what training does: resuming under other values would mix two runs.
-TRAINING_FLAGS = ('obj', 'model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation', 'seed',
-                  'shot', 'iterate', 'fewshot_seed_dir', 'learning_rate', 'batch_size', 'selection')
 
 
 def resume_path(checkpoint: Path) -> Path:
@@ -39,6 +36,8 @@ def resume_path(checkpoint: Path) -> Path:
 
 
 def _training_flags(args: argparse.Namespace) -> Dict:
+    """The flags that change what training does (their `identity` role): resuming under other values would
+    mix two runs."""
     return {key: value for key, value in flag_values(args).items() if key in TRAINING_FLAGS}
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from dataset.layouts import BMAD, detect_layout
-from mvfa.cli import DATA_PATH
+from mvfa.flags import DATA_PATH
 from mvfa.paper_results import PAPER_NAMES, published
 
 LEVELS = ('image', 'pixel')

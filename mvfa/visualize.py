@@ -14,6 +14,7 @@ import numpy as np
 
 from dataset.bmad import load_image
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
+from mvfa.config import PAPER
 from mvfa.evaluation import Evaluation
 
 # Share of the JET-coloured map in the overlay; the rest is the input image, so anatomy stays visible.
@@ -111,7 +112,7 @@ def heatmap_name(obj: str, label: int, score: float, source: Path) -> str:
 
 def save_heatmaps(out_dir: str | Path, obj: str, image_paths: Sequence[Path], maps: np.ndarray,
                   labels: Sequence[int], image_scores: Sequence[float], masks: Optional[np.ndarray] = None,
-                  img_size: int = 240) -> List[Path]:
+                  img_size: int = PAPER.img_size) -> List[Path]:
     """Write one panel per test image to `out_dir`; `maps` (N, S, S) in [0, 1], `masks` (N, S, S) or None.
 
     Returns the files written, in test order.
