@@ -144,7 +144,7 @@ def verdict(rows: Sequence[Row], selection: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     args = parse_args(argv)
-    from CLIP.factory import check_image_size  # after parsing: --help answers without loading torch
+    from mvfa.session import check_image_size  # after parsing: --help answers without loading torch
     check_image_size(TINY, args.img_size)  # before the data is written
     prepare_data(args.data_path, args.size, args.n_test)
     model_flags = TINY_MODEL + ['--data_path', str(args.data_path), '--img_size', str(args.img_size),

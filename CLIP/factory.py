@@ -19,7 +19,6 @@ from open_clip.model import CLIP, resize_pos_embed
 
 from mvfa.config import PAPER
 from mvfa.errors import UserError
-from mvfa.flags import FlagError
 
 CLIP_DIR = Path(__file__).resolve().parent
 # Where the authors' instructions put OpenAI's weights; used before any download.
@@ -31,7 +30,12 @@ NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 
 
 class WeightsError(UserError):
-    """The CLIP weights cannot be had or do not fit the model; the message says how to fix it."""
+    """The CLIP weights cannot be had or do not fit the model. `argument` names the `create_model` argument
+    to change ('pretrained' or 'model_name'), so that a command line can say which of its flags that is."""
+
+    def __init__(self, message: str, argument: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 def load_model_config(model_name: str) -> Dict:
@@ -50,11 +54,10 @@ def load_model_config(model_name: str) -> Dict:
     return config
 
 
-def check_image_size(model_name: str, img_size: int, config: Optional[Dict] = None) -> None:
-    """The input must hold at least one patch: a smaller one fails deep inside the patch convolution."""
-    patch = (config or load_model_config(model_name))['vision_cfg']['patch_size']
-    if img_size < patch:
-        raise FlagError(f'--img_size must be at least the patch size of {model_name} ({patch} px), got {img_size}')
+def patch_size(config: Dict) -> int:
+    """The side of the model's patches: the smallest input it takes (a smaller one fails deep inside the
+    patch convolution)."""
+    return config['vision_cfg']['patch_size']
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -69,8 +72,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Weights from an OpenAI TorchScript archive or a (possibly wrapped) plain state dict, in fp32."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f'weights file {path} does not exist: put the CLIP weights there, or pass --pretrain '
-                           f'openai (read from {LOCAL_WEIGHTS["ViT-L-14-336"]} or downloaded) or none')
+        raise WeightsError(f'weights file {path} does not exist: put the CLIP weights there', 'pretrained')
     try:
         if is_torchscript_archive(path):
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
@@ -99,14 +101,14 @@ def resolve_weights(model_name: str, pretrained: str) -> Path:
         return local
     config = open_clip.get_pretrained_cfg(model_name, 'openai')
     if not config:
-        raise WeightsError(f"open_clip has no 'openai' weights for '{model_name}': pass --pretrain PATH")
+        raise WeightsError(f"open_clip has no 'openai' weights for '{model_name}'", 'pretrained')
     where = local or CLIP_DIR / 'ckpt' / os.path.basename(config['url'])
     try:
         return Path(open_clip.download_pretrained(config, prefer_hf_hub=False))
     except Exception as error:  # urllib, ssl and hub errors differ by platform
         raise WeightsError(
             f"cannot download OpenAI's {model_name} weights ({type(error).__name__}): download "
-            f"{config['url']} and put it at {where}, or pass --pretrain PATH") from None
+            f"{config['url']} and put it at {where}", 'pretrained') from None
 
 
 def create_model(
@@ -125,7 +127,8 @@ def create_model(
     OpenAI's (QuickGELU-trained) weights.
     """
     config = load_model_config(model_name)
-    check_image_size(model_name, img_size, config)
+    if img_size < patch_size(config):
+        raise ValueError(f'img_size {img_size} is smaller than the patch size of {model_name} ({patch_size(config)} px)')
     if 'text_cfg' not in config or 'hf_model_name' in config['text_cfg'] or config.get('custom_text'):
         raise WeightsError(f"'{model_name}' is not a plain CLIP (ViT image tower, CLIP text tower)")
     config['vision_cfg']['image_size'] = img_size
@@ -140,7 +143,6 @@ def create_model(
         except RuntimeError as error:
             first_problem = str(error).splitlines()[1].strip() if '\n' in str(error) else str(error)
             raise WeightsError(
-                f"weights {pretrained} do not fit model '{model_name}' ({first_problem}): "
-                f"pass the --model_name they were trained with") from None
+                f"weights {pretrained} do not fit model '{model_name}' ({first_problem})", 'model_name') from None
     model.requires_grad_(False)
     return model.to(device).eval()

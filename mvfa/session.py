@@ -12,7 +12,7 @@ from torch import Tensor
 
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from CLIP.adapter import check_features
-from CLIP.factory import check_image_size, load_model_config
+from CLIP.factory import LOCAL_WEIGHTS, WeightsError, load_model_config, patch_size
 from dataset.bmad import DataError
 from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
@@ -24,6 +24,12 @@ from mvfa.training import EpochLosses
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
+# What to change on the command line when CLIP's weights cannot be had or do not fit (by create_model's argument).
+WEIGHTS_REMEDY = {
+    'pretrained': f"pass --pretrain a weights file, openai (read from {LOCAL_WEIGHTS['ViT-L-14-336']} or "
+                  f"downloaded) or none",
+    'model_name': 'pass the --model_name they were trained with',
+}
 # Image-decoding processes of a CUDA run (at most one per core).
 MAX_LOADER_WORKERS = 8
 
@@ -34,7 +40,10 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     checkpoint is read first, so a bad one fails before a large model is built."""
     adapters = read_checkpoint(checkpoint) if checkpoint is not None else None
     pretrained = None if args.pretrain.lower() == 'none' else args.pretrain
-    clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
+    try:
+        clip = create_model(args.model_name, args.img_size, pretrained, device, args.quick_gelu)
+    except WeightsError as error:
+        raise WeightsError(f'{error}; {WEIGHTS_REMEDY[error.argument]}' if error.argument else str(error)) from None
     try:
         model = MultiLevelAdaptedCLIP(clip, args.features_list, adaptation=args.adaptation)
     except ValueError as error:
@@ -42,6 +51,13 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     if adapters is not None:
         load_adapters(model, checkpoint, adapters)
     return model.to(device).set_precision(precision)
+
+
+def check_image_size(model_name: str, img_size: int, config: Optional[Dict] = None) -> None:
+    """--img_size must hold at least one patch of the model."""
+    patch = patch_size(config or load_model_config(model_name))
+    if img_size < patch:
+        raise FlagError(f'--img_size must be at least the patch size of {model_name} ({patch} px), got {img_size}')
 
 
 def checkpoint_path(args: argparse.Namespace) -> Path:

@@ -418,9 +418,18 @@ def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypa
 
 # ---------------------------------------------------------------- 5. CLIP weights
 
-def test_a_missing_weights_file_says_so(tmp_path):
-    with pytest.raises(WeightsError, match='does not exist: put the CLIP weights there'):
-        create_model('tiny-clip', SIZE, str(tmp_path / 'missing.pt'))
+def test_a_missing_weights_file_says_so_and_the_script_names_the_flag(data, tmp_path, capsys):
+    """The model builder knows no command line; the script's one line says which flag to change."""
+    missing = tmp_path / 'missing.pt'
+    with pytest.raises(WeightsError, match='does not exist: put the CLIP weights there$') as raised:
+        create_model('tiny-clip', SIZE, str(missing))
+    assert raised.value.argument == 'pretrained' and '--' not in str(raised.value)
+    argv = flags(data, tmp_path / 'ckpt')
+    argv[argv.index('--pretrain') + 1] = str(missing)
+    assert run(train_few.main, argv + ['--epoch', '1']) == 2
+    assert last_line(capsys.readouterr().err) == (
+        f'error: weights file {missing} does not exist: put the CLIP weights there; pass --pretrain a weights '
+        f"file, openai (read from {LOCAL_WEIGHTS['ViT-L-14-336']} or downloaded) or none")
 
 
 def test_truncated_weights_say_download_again(tiny_clip, tmp_path):
