@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from dataset.windows import AUTO, WINDOW_HELP
 from mvfa.config import ADAPTATIONS, PAPER, SELECTION_MODES
 from mvfa.errors import UserError
 from mvfa.flags import FlagParser
@@ -38,6 +39,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--adaptation', choices=ADAPTATIONS, default='adapter',
                    help="'adapter': MVFA's residual adapters; 'projector': the paper's Table 4 ablation, "
                         "projectors of the frozen stream that feed nothing back")
+
+
+def add_scan_arguments(p: argparse.ArgumentParser) -> None:
+    """How DICOM and NIfTI scans become images (predict.py and dataset/prepare.py; dataset/volumes.py)."""
+    p.add_argument('--window', default=AUTO, help=f'intensities of DICOM and NIfTI scans: {WINDOW_HELP}')
+    p.add_argument('--axis', choices=('axial', 'coronal', 'sagittal'), default='axial',
+                   help='volumes are cut into slices along this axis of their canonical (RAS) orientation')
+    p.add_argument('--frame', type=int, default=None, help='the volume of a 4-D NIfTI to read, from 0')
 
 
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Set
 
+from dataset.windows import WINDOW_MEANING, is_window
 from mvfa.errors import UserError
 
 
@@ -36,6 +38,13 @@ RULES: Dict[str, Rule] = {
     'n_images': Rule(lambda value: value >= 2, 'at least 2 (one normal and one abnormal image)'),
     # The synthetic images' side: smaller ones leave no room for a lesion.
     'size': Rule(lambda value: value >= 16, 'at least 16 (pixels)'),
+    # Scans (predict.py, dataset/prepare.py): see dataset/windows.py and dataset/volumes.py.
+    'window': Rule(is_window, WINDOW_MEANING),
+    'frame': Rule(lambda value: value >= 0, 'a volume of the 4-D NIfTI: an integer from 0'),
+    'slices': Rule(lambda value: re.fullmatch(r'\d*:\d*', value) is not None,
+                   'START:STOP, slice indices from 0 (either may be left out: 40:, :80)'),
+    'min_foreground': Rule(lambda value: 0 <= value < 1, 'a share from 0 to below 1'),
+    'valid_share': Rule(lambda value: 0 < value < 1, 'a share between 0 and 1'),
 }
 
 
