@@ -246,3 +246,16 @@ def test_predict_scores_a_series_and_a_nifti_with_maps(tmp_path, checkpoint):
     np.testing.assert_allclose(mr_map.affine, LAS)
     assert mr_map.shape == (16, 12, 5) and mr['intensity']['method'] == 'window'
     assert len(list((out / 'heatmaps').iterdir())) == 6
+
+
+@pytest.mark.parametrize('flag, value, words', [
+    ('--window', 'lungs', '--window must be auto, file, percentile, LEVEL,WIDTH with WIDTH >= 1, or one of brain,'),
+    ('--window', '40,0', '--window must be auto, file, percentile, LEVEL,WIDTH with WIDTH >= 1'),
+    ('--slices', '3', '--slices must be START:STOP'),
+    ('--frame', '-1', '--frame must be a volume of the 4-D NIfTI: an integer from 0, got -1'),
+])
+def test_bad_scan_flags_are_one_line(tmp_path, checkpoint, capsys, flag, value, words):
+    argv = checkpoint_flags(checkpoint) + ['--out', str(tmp_path / 'out'), flag, value, get_testdata_file('CT_small.dcm')]
+    assert run(predict.main, argv) == 2
+    assert words in one_error_line(capsys)
+    assert not (tmp_path / 'out').exists()
