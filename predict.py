@@ -8,8 +8,9 @@ Inputs and references are image files, DICOM files, DICOM series folders, NIfTI 
 .nii.gz) or folders of them (searched recursively); images of any size, grayscale, RGB, RGBA,
 16-bit PNG or JPEG. Volumes are scored slice by slice along --axis (--slices: a range), with
 intensities by --window; each also gets its score (the maximum over its slices) and its anomaly map
-as a NIfTI on the input's grid and affine (maps/<name>.nii.gz). See dataset/volumes.py. `--obj` names the object in the text prompts: one of the BMAD
-objects or any free text. Checkpoints are ours or the authors' released ones (same format).
+as a NIfTI on the input's grid and affine (maps/<name>.nii.gz). See dataset/volumes.py. `--obj`
+names the object in the text prompts: one of the BMAD objects or any free text. Checkpoints are
+ours or the authors' released ones (same format).
 
 Image score: the det head, as the paper's classification path (text probability and memory-bank
 distance averaged over patches); it is trained for every object, where the seg head is trained

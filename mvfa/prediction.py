@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import DataError, image_transform, open_image
+from dataset.volumes import Scan
 from mvfa import scoring
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
@@ -221,8 +222,9 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
             write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
             if inputs[index].index is not None:  # a slice of a volume: its map goes into the volume's NIfTI
                 volumes.add(inputs[index], score[i].item(), pixels[i].float().cpu().numpy())
-            rows.append({'path': str(inputs[index].path), 'slice': inputs[index].index, 'score': score[i].item(), 'zero_shot': zero[i].item(),
-                         'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
+            rows.append({'path': str(inputs[index].path), 'slice': inputs[index].index, 'score': score[i].item(),
+                         'zero_shot': zero[i].item(), 'few_shot': None if few is None else few[i].item(),
+                         'zero_shot_raw': parts.zero[i].item(),
                          'few_shot_raw': None if parts.few is None else parts.few[i].item(),
                          'heatmap': str(heatmaps[index])})
     volume_records = volumes.finish(heatmap_paths(volumes.stems(), args.out / 'maps', '.nii.gz'))
@@ -230,7 +232,7 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     return rows
 
 
-def scan_records(args: argparse.Namespace, scans: Sequence, volumes: List[Dict]) -> List[Dict]:
+def scan_records(args: argparse.Namespace, scans: Sequence[Scan], volumes: List[Dict]) -> List[Dict]:
     """What scores.json says of each DICOM or NIfTI input: how it was read, and a volume's score and map."""
     by_path = {record['path']: record for record in volumes}
     return [{**scan.record(), 'window': args.window, **by_path.get(str(scan.path), {})} for scan in scans]

@@ -255,7 +255,8 @@ def test_predict_scores_a_series_and_a_nifti_with_maps(tmp_path, checkpoint):
     ('--frame', '-1', '--frame must be a volume of the 4-D NIfTI: an integer from 0, got -1'),
 ])
 def test_bad_scan_flags_are_one_line(tmp_path, checkpoint, capsys, flag, value, words):
-    argv = checkpoint_flags(checkpoint) + ['--out', str(tmp_path / 'out'), flag, value, get_testdata_file('CT_small.dcm')]
+    argv = checkpoint_flags(checkpoint) + ['--out', str(tmp_path / 'out'), flag, value,
+                                           get_testdata_file('CT_small.dcm')]
     assert run(predict.main, argv) == 2
     assert words in one_error_line(capsys)
     assert not (tmp_path / 'out').exists()
