@@ -4,9 +4,13 @@
     python predict.py --checkpoint ckpt/zero-shot/Brain.pth --obj 'brain MRI' \\
         --reference normal_scans/ --out results/ scans/          # normal-only few-shot
 
-Inputs and references are image files or folders (searched recursively); any size, grayscale,
-RGB, RGBA, 16-bit PNG or JPEG. `--obj` names the object in the text prompts: one of the BMAD
-objects or any free text. Checkpoints are ours or the authors' released ones (same format).
+Inputs and references are image files, DICOM files, DICOM series folders, NIfTI volumes (.nii,
+.nii.gz) or folders of them (searched recursively); images of any size, grayscale, RGB, RGBA,
+16-bit PNG or JPEG. Volumes are scored slice by slice along --axis (--slices: a range), with
+intensities by --window; each also gets its score (the maximum over its slices) and its anomaly map
+as a NIfTI on the input's grid and affine (maps/<name>.nii.gz). See dataset/volumes.py. `--obj`
+names the object in the text prompts: one of the BMAD objects or any free text. Checkpoints are
+ours or the authors' released ones (same format).
 
 Image score: the det head, as the paper's classification path (text probability and memory-bank
 distance averaged over patches); it is trained for every object, where the seg head is trained
@@ -37,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mvfa.cli import add_model_arguments, run
+from mvfa.cli import add_model_arguments, add_scan_arguments, run
 from mvfa.flags import MODEL_FLAGS, FlagError, FlagParser
 
 def build_parser() -> FlagParser:
@@ -54,6 +58,8 @@ def build_parser() -> FlagParser:
                    help='normal images (files or folders, at least 2): memory bank and score calibration')
     p.add_argument('--out', type=Path, required=True, help='folder for scores.csv, scores.json and heatmaps/')
     p.add_argument('--batch_size', type=int, default=16, help='images per batch (scores do not depend on it)')
+    add_scan_arguments(p)
+    p.add('slices')
     add_model_arguments(p)
     return p
 

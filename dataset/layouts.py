@@ -5,7 +5,10 @@ for a category (`--obj`), the records (image, label, mask) of its test set, of i
 set and of the two pools few-shot support images are drawn from:
 
 - BMAD: `<data>/<Obj>_AD/{valid,test}/{good,Ungood}/img/*`, masks (Brain, Liver, Retina_RESC) in
-  `.../Ungood/anomaly_mask/` under the image's file name. Support images come from `valid/`.
+  `.../Ungood/anomaly_mask/` under the image's file name. Support images come from `valid/`. Besides
+  BMAD's six objects, any other `<Obj>_AD` folder there is an object too (with masks), as
+  `python -m dataset.prepare` makes them from labelled volumes; zero-shot training on any object trains
+  on the other BMAD objects (the paper's leave-one-out).
 - MVTec AD: `<data>/<category>/train/good/*`, `test/good/*`, `test/<defect>/*`, masks in
   `ground_truth/<defect>/<stem>_mask.png`. Normal support images come from `train/good/`,
   abnormal ones from the test anomalies (the few-shot data set removes them from the test set).
@@ -112,12 +115,18 @@ class BMAD(Layout):
     name = 'BMAD'
 
     def categories(self) -> Tuple[str, ...]:
-        return OBJECTS
+        """BMAD's objects, then the other `<Obj>_AD` folders under the data path."""
+        found = sorted(folder.name[:-len('_AD')] for folder in self.root.glob('*_AD') if folder.is_dir()) \
+            if self.root.is_dir() else []
+        return OBJECTS + tuple(obj for obj in found if obj not in OBJECTS)
 
     def check(self, obj: str) -> str:
-        if obj not in OBJECTS:
-            raise DataError(f"unknown --obj '{obj}': choose one of {', '.join(OBJECTS)}")
+        if obj not in self.categories():
+            raise DataError(f"unknown --obj '{obj}': choose one of {', '.join(self.categories())}")
         return obj
+
+    def other_categories(self, obj: str) -> List[str]:
+        return [other for other in OBJECTS if other != self.check(obj)]
 
     def has_masks(self, obj: str) -> bool:
         return has_masks(obj)

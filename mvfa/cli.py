@@ -21,6 +21,12 @@ def add_model_arguments(p: FlagParser) -> None:
         p.add(name)
 
 
+def add_scan_arguments(p: FlagParser) -> None:
+    """How DICOM and NIfTI scans become images (predict.py and dataset/prepare.py; dataset/volumes.py)."""
+    for name in ('window', 'axis', 'frame'):
+        p.add(name)
+
+
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,
            learning_rate: float = PAPER.few_shot_learning_rate, example: Optional[str] = None) -> FlagParser:
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs.

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Set
 
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
+from dataset.windows import AUTO, WINDOW_HELP, WINDOW_MEANING, is_window
 from mvfa.config import ADAPTATIONS, PAPER, PRECISIONS, SELECTION_MODES
 from mvfa.errors import UserError
 
@@ -132,6 +134,21 @@ FLAGS: Dict[str, Flag] = {
     # The synthetic images' side: smaller ones leave no room for a lesion.
     'size': Flag('side of the synthetic images, pixels', int, rule=Rule(lambda value: value >= 16,
                                                                          'at least 16 (pixels)')),
+    # Scans (predict.py, dataset/prepare.py): see dataset/windows.py and dataset/volumes.py.
+    'window': Flag(f'intensities of DICOM and NIfTI scans: {WINDOW_HELP}', default=AUTO,
+                   rule=Rule(is_window, WINDOW_MEANING)),
+    'axis': Flag('volumes are cut into slices along this axis of their canonical (RAS) orientation',
+                 default='axial', choices=('axial', 'coronal', 'sagittal')),
+    'frame': Flag('the volume of a 4-D NIfTI to read, from 0', int,
+                  rule=Rule(lambda value: value >= 0, 'a volume of the 4-D NIfTI: an integer from 0')),
+    'slices': Flag('START:STOP, the slices of each volume to score (from 0 along --axis; STOP excluded)',
+                   default=':', rule=Rule(lambda value: re.fullmatch(r'\d*:\d*', value) is not None,
+                                          'START:STOP, slice indices from 0 (either may be left out: 40:, :80)')),
+    'min_foreground': Flag("leave out slices whose share of pixels above the intensity range's low end is below "
+                           "this", float,
+                           rule=Rule(lambda value: 0 <= value < 1, 'a share from 0 to below 1')),
+    'valid_share': Flag('share of the volumes (at least one) that go to valid/, the few-shot support pool', float,
+                        rule=Rule(lambda value: 0 < value < 1, 'a share between 0 and 1')),
 }
 
 # The roles, derived: nothing else lists flag names.

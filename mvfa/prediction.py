@@ -18,10 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
-from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
+from dataset.bmad import DataError, image_transform, open_image
+from dataset.volumes import Scan
 from mvfa import scoring
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
+from mvfa.scan_inputs import InputImage, find_inputs
+from mvfa.scan_maps import VolumeMaps
 from mvfa.session import Session
 from mvfa.visualize import Tick, at_image_size, write_panel
 from utils import augment
@@ -32,33 +35,18 @@ MIN_REFERENCES = 2
 MIN_SPREAD = 1e-6
 # Heatmap colour scale with references: full red this many reference standard deviations above normal.
 HEATMAP_FULL_SCALE = 4.0
-CSV_COLUMNS = ('path', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
-
-
-def find_images(paths: Sequence[Path], what: str) -> List[Path]:
-    """Image files named directly or found under folders (recursively), in a stable order."""
-    found: List[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f'{what} {path} does not exist')
-    if not found:
-        raise DataError(f'no {what} images ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(map(str, paths))}')
-    return found
+CSV_COLUMNS = ('path', 'slice', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
 
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], img_size: int) -> None:
-        self.paths, self.img_size = list(paths), img_size
+    def __init__(self, images: Sequence[InputImage], img_size: int) -> None:
+        self.images, self.transform = list(images), image_transform(img_size)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> Tensor:
-        return load_image(self.paths[index], self.img_size)
+        return self.transform(self.images[index].picture())
 
 
 @dataclass
@@ -145,10 +133,13 @@ class Calibration:
         zero, few = self.zero.standardise(parts.zero), self.few.standardise(parts.few)
         return self.zero_shot_weight * zero + self.few_shot_weight * few, zero, few
 
+    def pixel_scores(self, parts: Parts) -> Tensor:
+        """The fused map in reference standard deviations, as the image scores."""
+        return (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
+                + self.few_shot_weight * self.few_map.standardise(parts.few_map))
+
     def heatmap(self, parts: Parts) -> Tensor:
-        fused = (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
-                 + self.few_shot_weight * self.few_map.standardise(parts.few_map))
-        return fused / HEATMAP_FULL_SCALE
+        return self.pixel_scores(parts) / HEATMAP_FULL_SCALE
 
 
 class Reference:
@@ -172,13 +163,13 @@ class Reference:
             few_map=Spread.of(torch.cat([p.few_map for p in parts])))
 
 
-def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
-    """`<folder>/<stem>.png` per input, numbered where stems repeat (same name in two folders)."""
+def heatmap_paths(stems: Sequence[str], folder: Path, suffix: str = '.png') -> List[Path]:
+    """`<folder>/<stem><suffix>` per input, numbered where stems repeat (same name in two folders)."""
     paths, taken = [], set()
-    for image in images:
-        name, copy = f'{image.stem}.png', 1
+    for stem in stems:
+        name, copy = f'{stem}{suffix}', 1
         while name in taken:
-            name, copy = f'{image.stem}-{copy}.png', copy + 1
+            name, copy = f'{stem}-{copy}{suffix}', copy + 1
         taken.add(name)
         paths.append(folder / name)
     return paths
@@ -191,9 +182,10 @@ def colour_scale(calibrated: bool) -> List[Tick]:
     return [(p, f'{p:g}') for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
 
 
-def write_heatmap(path: Path, source: Path, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
+def write_heatmap(path: Path, source: Path | InputImage, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
     """Input | JET overlay of `heatmap` (0 blue, 1 and above red) | colour bar, at the size of the input as read."""
-    image, anomaly_map = at_image_size(np.asarray(open_image(source)), heatmap.clamp(0, 1).numpy())
+    picture = source.picture() if isinstance(source, InputImage) else open_image(source)
+    image, anomaly_map = at_image_size(np.asarray(picture), heatmap.clamp(0, 1).numpy())
     write_panel(path, image, anomaly_map, ticks=ticks)
 
 
@@ -201,41 +193,53 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     """Score the inputs; returns the rows written to scores.csv / scores.json. Model flags not in
     `given_model_flags` are taken from the checkpoint's sidecar."""
     adopt_model_flags(args, given_model_flags, args.checkpoint)
-    inputs = find_images(args.inputs + args.input_paths, 'input')
-    references = find_images(args.reference, 'reference') if args.reference else None
+    inputs, scans = find_inputs(args.inputs + args.input_paths, 'input', args)
+    references = find_inputs(args.reference, 'reference', args)[0] if args.reference else None
     session = Session(args)
     model = session.load_model(args.checkpoint)
     text_features = session.text_features(args.obj)
     reference = None
     if references is not None:
-        reference = Reference(model, torch.stack([load_image(p, args.img_size) for p in references]), text_features,
+        reference = Reference(model, torch.stack(list(ImageFiles(references, args.img_size))), text_features,
                               args.batch_size)
 
-    heatmaps = heatmap_paths(inputs, args.out / 'heatmaps')
+    heatmaps = heatmap_paths([image.name for image in inputs], args.out / 'heatmaps')
     heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     ticks = colour_scale(calibrated=reference is not None)
     rows: List[Dict] = []
+    volumes = VolumeMaps(args.out / 'maps')
     for images in tqdm(loader, desc='predict'):
         parts = score_parts(model, images, text_features, banks)
         if reference is None:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:
             (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
+        pixels = parts.zero_map if reference is None else reference.calibration.pixel_scores(parts)
         for i in range(len(images)):
             index = len(rows)
             write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
-            rows.append({'path': str(inputs[index]), 'score': score[i].item(), 'zero_shot': zero[i].item(),
-                         'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
+            if inputs[index].index is not None:  # a slice of a volume: its map goes into the volume's NIfTI
+                volumes.add(inputs[index], score[i].item(), pixels[i].float().cpu().numpy())
+            rows.append({'path': str(inputs[index].path), 'slice': inputs[index].index, 'score': score[i].item(),
+                         'zero_shot': zero[i].item(), 'few_shot': None if few is None else few[i].item(),
+                         'zero_shot_raw': parts.zero[i].item(),
                          'few_shot_raw': None if parts.few is None else parts.few[i].item(),
                          'heatmap': str(heatmaps[index])})
-    write_scores(args, rows, reference, references)
+    volume_records = volumes.finish(heatmap_paths(volumes.stems(), args.out / 'maps', '.nii.gz'))
+    write_scores(args, rows, reference, references, scan_records(args, scans, volume_records))
     return rows
 
 
+def scan_records(args: argparse.Namespace, scans: Sequence[Scan], volumes: List[Dict]) -> List[Dict]:
+    """What scores.json says of each DICOM or NIfTI input: how it was read, and a volume's score and map."""
+    by_path = {record['path']: record for record in volumes}
+    return [{**scan.record(), 'window': args.window, **by_path.get(str(scan.path), {})} for scan in scans]
+
+
 def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional[Reference],
-                 references: Optional[List[Path]]) -> None:
+                 references: Optional[List[InputImage]], scans: Sequence[Dict] = ()) -> None:
     with open(args.out / 'scores.csv', 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -245,9 +249,11 @@ def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional
         'score': ('zero-shot abnormal probability in [0, 1], uncalibrated' if reference is None else
                   '0.5 * zero-shot z + 0.5 * few-shot z, in standard deviations of the references (0: normal)'),
         'obj': args.obj, 'checkpoint': str(args.checkpoint),
-        'references': None if references is None else [str(p) for p in references],
+        'references': None if references is None else [
+            str(p.path) if p.index is None else f'{p.path} {p.axis} {p.index}' for p in references],
         'calibration': None if reference is None else asdict(reference.calibration),
         'images': rows,
+        'scans': list(scans),
     }
     (args.out / 'scores.json').write_text(json.dumps(record, indent=2), encoding='utf-8')
     print(f'{len(rows)} images scored: {args.out / "scores.csv"}, {args.out / "scores.json"}, '
