@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
-from mvfa.config import ADAPTATIONS, PAPER, SELECTION_MODES
+from mvfa.config import ADAPTATIONS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NORMALISATIONS, PAPER, SELECTION_MODES
 from mvfa.errors import UserError
 from mvfa.flags import FlagParser
 
@@ -40,6 +40,24 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "projectors of the frozen stream that feed nothing back")
 
 
+def add_bootstrap_arguments(p: argparse.ArgumentParser) -> None:
+    """The confidence intervals of a results file (also reproduce.py's)."""
+    p.add_argument('--bootstrap', type=int, default=BOOTSTRAP_RESAMPLES,
+                   help='resamples of the 95 %% bootstrap intervals of the AUROCs in the --results file; 0: none')
+    p.add_argument('--bootstrap_seed', type=int, default=BOOTSTRAP_SEED,
+                   help='seed of the bootstrap: files of the same test images and seed compare paired')
+
+
+NORMALISATION_HELP = ("'test': min-max over the test set before fusion, as the authors (transductive: an image's "
+                      "score depends on the other test images); 'reference': each image on its own, standardised "
+                      "by the normal support images scored leave-one-out, as predict.py --reference (zero-shot: "
+                      "the raw scores)")
+
+
+def add_normalisation_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--normalisation', choices=NORMALISATIONS, default='test', help=NORMALISATION_HELP)
+
+
 def parser(description: str, obj: str, save_path: str | None, few_shot: bool, training: bool,
            learning_rate: float = PAPER.few_shot_learning_rate, example: Optional[str] = None) -> FlagParser:
     """The authors' flags (same names and defaults) plus ours; `few_shot`/`training` add theirs.
@@ -53,6 +71,7 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
     p.add_argument('--save_path', default=save_path, help='folder of the <Obj>.pth adapter checkpoints')
     add_model_arguments(p)
     p.add_argument('--results', type=Path, default=None, help='write the scores and AUROCs to this JSON file')
+    add_bootstrap_arguments(p)
     if few_shot:
         p.add_argument('--shot', type=int, default=4, help='k abnormal + k normal support images')
         p.add_argument('--iterate', type=int, default=0,
@@ -77,6 +96,7 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
                        help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
     else:
         p.add_argument('--save_vis', type=Path, default=None, help='write a heatmap PNG per test image to this folder')
+        add_normalisation_argument(p)
     if few_shot and not training:
         # The authors' test_few.py took its training flags too; accepted so their commands still run.
         for flag in ('--epoch', '--learning_rate', '--save_model'):

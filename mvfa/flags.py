@@ -32,6 +32,8 @@ RULES: Dict[str, Rule] = {
     # 0 is a run that does not learn: the untrained adapters, scored as training would.
     'learning_rate': Rule(lambda value: value >= 0, 'a number >= 0'),
     'seed': SEED,
+    'bootstrap_seed': SEED,
+    'bootstrap': Rule(lambda value: value == 0 or value >= 10, '0 (no intervals) or at least 10 resamples'),
     'iterates': Rule(lambda value: value >= 0, 'a line of the seed lists: an integer from 0'),
     'n_images': Rule(lambda value: value >= 2, 'at least 2 (one normal and one abnormal image)'),
     # The synthetic images' side: smaller ones leave no room for a lesion.

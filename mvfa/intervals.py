@@ -30,9 +30,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from mvfa.config import BOOTSTRAP_RESAMPLES as DEFAULT_RESAMPLES
+from mvfa.config import BOOTSTRAP_SEED as DEFAULT_SEED
+
 CONFIDENCE = 0.95
-DEFAULT_RESAMPLES = 1000
-DEFAULT_SEED = 0
 DEFAULT_BINS = 2048
 # Images per block when pixel scores are binned: bounds the temporary memory (a few MB per block).
 IMAGES_PER_BLOCK = 64
