@@ -2,13 +2,13 @@
 
 Every batch is scored on the model's device by `scoring.score_batch` and kept there; the
 test-set normalisation, the fusion and the AUROCs run there too, and the scores are copied to
-the host once, when the set is complete. With `Inductive` (`--normalisation reference`) each
-image is normalised on its own instead, by statistics of the normal references.
+the host once, when the set is complete. With a `PerImageNormalisation` (`--normalisation reference`)
+each image is normalised on its own instead, by statistics of the normal references.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +21,6 @@ from mvfa import scoring
 from mvfa.memory_bank import MemoryBank
 from mvfa.metrics import auroc, device_auroc
 
-if TYPE_CHECKING:
-    from mvfa.prediction import Calibration
 
 
 @dataclass
@@ -61,27 +59,15 @@ def exact_auroc(labels: Tensor, scores: Tensor) -> float:
     return device_auroc(labels.to(scores.device), scores)
 
 
-@dataclass(frozen=True)
-class Inductive:
-    """Scores that depend on their own image alone (`--normalisation reference`): each part averaged over
-    the `levels` and standardised by the reference images' spread of it (predict.py's `Calibration`,
-    measured leave-one-out), then fused with the config's weights; without references (zero-shot) the
-    zero-shot part as it is. No statistic of the test set enters."""
-    levels: int
-    calibration: Optional['Calibration'] = None
+class PerImageNormalisation(Protocol):
+    """Normalises each image's scores on its own (`mvfa.inductive.Inductive`, `--normalisation reference`)."""
 
     def fuse(self, zero: Tensor, few: Optional[Tensor], maps: bool) -> Tensor:
-        zero = zero / self.levels
-        if self.calibration is None or few is None:
-            return zero
-        c = self.calibration
-        zero_spread, few_spread = (c.zero_map, c.few_map) if maps else (c.zero, c.few)
-        return (c.zero_shot_weight * zero_spread.standardise(zero)
-                + c.few_shot_weight * few_spread.standardise(few / self.levels))
+        """Summed-over-levels zero-shot (and few-shot, or None) image scores (B,) or maps (B, S, S), fused."""
 
 
-def normalised_scores(zero_shot: List[Tensor], few_shot: List[Tensor], inductive: Optional[Inductive] = None,
-                      maps: bool = False) -> Tensor:
+def normalised_scores(zero_shot: List[Tensor], few_shot: List[Tensor],
+                      inductive: Optional[PerImageNormalisation] = None, maps: bool = False) -> Tensor:
     """The batches of zero-shot scores normalised over the test set, fused with the few-shot
     ones where there are any; with `inductive`, each image's (`maps`: pixel maps) normalised on its own."""
     if inductive is not None:
@@ -94,7 +80,7 @@ def normalised_scores(zero_shot: List[Tensor], few_shot: List[Tensor], inductive
 @torch.inference_mode()
 def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Tensor, has_masks: bool,
              bank: Optional[MemoryBank] = None, progress: bool = True, keep_maps: bool = False,
-             keep_level_maps: bool = False, inductive: Optional[Inductive] = None) -> Evaluation:
+             keep_level_maps: bool = False, inductive: Optional[PerImageNormalisation] = None) -> Evaluation:
     """Score a test set: zero-shot alone, or fused with the memory bank when one is given.
 
     Objects with masks are scored on the seg head (image score: the max of the fused map in the

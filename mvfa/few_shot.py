@@ -15,8 +15,10 @@ from dataset.validate import validate_object
 from loss import MVFALoss
 from mvfa.checkpoint import CheckpointError, adopt_model_flags
 from mvfa.cli import ZERO_SHOT_CHECKPOINTS
-from mvfa.evaluation import Evaluation, Inductive, evaluate
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.inductive import Inductive
 from mvfa.memory_bank import build_memory_bank
+from mvfa.prediction import Reference
 from mvfa.results import write_results
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
@@ -99,7 +101,6 @@ def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Eval
     text_features = session.text_features(args.obj)
     if args.normalisation == 'reference':
         # The normal support images as predict.py's references: one bank each, spreads measured leave-one-out.
-        from mvfa.prediction import Reference
         reference = Reference(model, data.fewshot_norm_img, text_features, args.batch_size)
         bank, inductive = reference.banks, Inductive(len(model.features), reference.calibration)
     else:

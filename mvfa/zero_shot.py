@@ -15,7 +15,8 @@ from dataset.objects import has_masks
 from dataset.validate import validate_leave_one_out, validate_object
 from loss import MVFALoss
 from mvfa.checkpoint import adopt_model_flags
-from mvfa.evaluation import Evaluation, Inductive, evaluate
+from mvfa.evaluation import Evaluation, evaluate
+from mvfa.inductive import Inductive
 from mvfa.results import write_results
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader

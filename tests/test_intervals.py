@@ -1,12 +1,16 @@
 """mvfa/intervals.py on hand-made cases and seeded simulations: exact resampled AUROCs, the pixel
-binning and its stated error, coverage of the intervals, paired tests and DeLong."""
+binning and its stated error, coverage of the intervals, paired tests and DeLong; compare.py."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from scipy import stats
 
+import compare
 from mvfa import intervals
+from mvfa.cli import run
 from mvfa.metrics import auroc
 
 SIMULATIONS = 200
@@ -151,3 +155,37 @@ def test_paired_bootstrap_of_replicates_is_centred_on_the_difference():
     assert result.estimate == pytest.approx(0.1)
     assert result.low == pytest.approx(0.1 - 0.95 / 200, abs=1e-4)
     assert intervals.paired_bootstrap(0.5, 0.5, [0.4, 0.6], [0.4, 0.6]).p_value == 1.0
+
+
+def results_file(path, images, labels, scores, pixel_replicates=None, seed=0) -> None:
+    """A results file as the scripts write it, reduced to what a comparison reads."""
+    record = {'obj': 'Brain', 'images': images, 'labels': labels.tolist(), 'image_scores': scores.tolist(),
+              'image_auroc': auroc(labels, scores), 'pixel_auroc': None, 'bootstrap': None}
+    if pixel_replicates is not None:
+        record['pixel_auroc'] = float(np.mean(pixel_replicates))
+        record['bootstrap'] = {'resamples': len(pixel_replicates), 'seed': seed, 'stream': 'Brain',
+                               'pixel_auroc': {'replicates': list(pixel_replicates)}}
+    path.write_text(json.dumps(record))
+
+
+def test_compare_reports_both_paired_tests_for_two_files_of_one_test_set(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    a, b = correlated_pair(rng, 1.6, 0.75)
+    images = [f'img{i}.png' for i in range(LABELS.size)]
+    pixel_a, pixel_b = 0.9 + rng.normal(0, 0.01, 200), 0.85 + rng.normal(0, 0.01, 200)
+    results_file(tmp_path / 'a.json', images, LABELS, a, pixel_a)
+    results_file(tmp_path / 'b.json', images, LABELS, b, pixel_b)
+    text = compare.main([str(tmp_path / 'a.json'), str(tmp_path / 'b.json'), '--bootstrap', '500'])
+    by_delong = intervals.delong(LABELS, a, b)
+    image_line = next(line for line in text.splitlines() if line.startswith('| image AUROC'))
+    assert by_delong.text() in image_line and by_delong.p_value < 0.01
+    pixel_line = next(line for line in text.splitlines() if line.startswith('| pixel AUROC'))
+    assert intervals.paired_bootstrap(np.mean(pixel_a), np.mean(pixel_b), pixel_a, pixel_b).text() in pixel_line
+    # Another test set (other images) is refused in one line, exit status 2.
+    results_file(tmp_path / 'other.json', images[::-1], LABELS, b)
+    assert run(compare.main, [str(tmp_path / 'a.json'), str(tmp_path / 'other.json')]) == 2
+    assert 'do not score the same images' in capsys.readouterr().err
+    # Pixel replicates of another seed are not paired: no pixel difference.
+    results_file(tmp_path / 'seed.json', images, LABELS, b, pixel_b, seed=1)
+    text = compare.main([str(tmp_path / 'a.json'), str(tmp_path / 'seed.json')])
+    assert 'pixel AUROC: no paired bootstrap' in text

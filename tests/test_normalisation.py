@@ -14,7 +14,8 @@ import test_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
 from mvfa import prediction
-from mvfa.evaluation import Inductive, evaluate
+from mvfa.evaluation import evaluate
+from mvfa.inductive import Inductive
 
 SIZE = 56
 LEVELS = [3, 6, 9, 12]
