@@ -260,6 +260,11 @@ def test_summary_cells_carry_the_95_percent_interval_of_their_mean(tables):
         assert number(row[f'{level}_auroc_low']) == pytest.approx(100 * np.quantile(pooled, 0.025))
         assert number(row[f'{level}_auroc_high']) == pytest.approx(100 * np.quantile(pooled, 0.975))
     assert csv_row(tables['rows'], 'few-shot', 'Chest')['pixel_auroc_low'] == ''
+    # The Average's interval: of the mean over the objects (each resampled on its own) of their draws' mean.
+    chest = [run_record(tables['results'], 'few-shot', 'Chest', 2, draw) for draw in ('it0', 'it1')]
+    objects = [np.mean([r['bootstrap']['image_auroc']['replicates'] for r in rs], axis=0) for rs in (records, chest)]
+    average = csv_row(tables['rows'], 'few-shot', 'Average')
+    assert number(average['image_auroc_low']) == pytest.approx(100 * np.quantile(np.mean(objects, axis=0), 0.025))
     brain = next(line for line in tables['markdown'].splitlines() if line.startswith('| BrainMRI')).split(' | ')
     assert brain[3].endswith(f"[{number(row['image_auroc_low']):.2f}, {number(row['image_auroc_high']):.2f}]")
 
