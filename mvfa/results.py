@@ -28,8 +28,8 @@ def extra_metrics(evaluation: Evaluation) -> Dict[str, Optional[float]]:
 
 def bootstrap_record(args: argparse.Namespace, evaluation: Evaluation) -> Optional[Dict]:
     """95 % intervals of the AUROCs (mvfa.intervals), with their replicates so that two files of the same
-    test images and seed compare paired; None with `--bootstrap 0`. The train scripts, which have no
-    bootstrap flags, use the defaults."""
+    test images and seed compare paired; None with `--bootstrap 0`. Image and pixel AUROC draw from the
+    streams '<obj>:image' and '<obj>:pixel'. Flags parsed without the bootstrap flags get the defaults."""
     resamples = getattr(args, 'bootstrap', intervals.DEFAULT_RESAMPLES)
     if resamples == 0:
         return None
