@@ -32,7 +32,7 @@ from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from mvfa.cli import (DATA_PATH, FEW_SHOT_CHECKPOINTS, NORMALISATION_HELP, ZERO_SHOT_CHECKPOINTS,
                       add_bootstrap_arguments, add_model_arguments, run)
 from mvfa.config import NORMALISATIONS, SELECTION_MODES
-from mvfa.flags import FlagParser, flag_text
+from mvfa.flags import FlagError, FlagParser, flag_text
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.studies import STUDIES, STUDY_HELP
 
@@ -118,6 +118,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         '(training selects with the test rule, so training runs also write test rows)')
     add_bootstrap_arguments(p)
     args = p.parse_args(argv)
+    if args.study is not None and (len(set(args.normalisation)) > 1 or
+                                   (args.normalisation != ['test'] and not args.skip_train)):
+        # A study's rows are its variants: two normalisations (training also tests the test rule) would pool.
+        raise FlagError('--study takes one --normalisation: train the study first, then run it again with '
+                        '--skip_train --normalisation reference')
     # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar;
     # --shots too, whose default a study replaces when it is not given.
     args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH] + ['shots'])
@@ -163,7 +168,8 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
         argv += ['--normalisation', task.normalisation]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
-        takes_it = flag in args.given and (scripts == 'all' or scripts == task.setting or (scripts == 'training' and training))
+        takes_it = flag in args.given and (scripts == 'all' or scripts == task.setting
+                                           or (scripts == 'training' and training))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:
@@ -312,7 +318,8 @@ def summarise(runs: List[Run], records: List[Dict]) -> List[Dict]:
     rows = []
     tables = list(dict.fromkeys((task.setting, task.shot) for task in runs))
     for setting, shot in tables:
-        in_table = [(task, record) for task, record in zip(runs, records) if (task.setting, task.shot) == (setting, shot)]
+        in_table = [(task, record) for task, record in zip(runs, records)
+                    if (task.setting, task.shot) == (setting, shot)]
         objects = list(dict.fromkeys(task.obj for task, _ in in_table))
         normalisations = list(dict.fromkeys(task.normalisation for task, _ in in_table))
         groups = {(obj, normalisation): [record for task, record in in_table

@@ -294,3 +294,11 @@ def test_both_normalisations_in_one_table_with_their_paired_difference(tables, t
     assert '| Object | Selection | Draws | Normalisation | Image AUROC |' in text and 'Reference − test' in text
     line = next(line for line in text.splitlines() if line.startswith('| BrainMRI (Brain) | last | 1 | reference'))
     assert ', p = ' in line
+
+
+def test_a_study_takes_one_normalisation(capsys):
+    """A study's rows are its variants: test and reference records of one variant would pool into one row."""
+    for extra in (['--normalisation', 'test', 'reference'], ['--normalisation', 'reference']):
+        assert reproduce.run(reproduce.main, ['--study', 'levels', *extra]) == 2
+        assert '--study takes one --normalisation' in capsys.readouterr().err
+    assert reproduce.parse_args(['--study', 'levels', '--skip_train', '--normalisation', 'reference']).study == 'levels'
