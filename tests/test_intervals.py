@@ -99,7 +99,7 @@ def test_pixel_interval_of_brainmri_sized_images_is_fast_and_memory_bounded():
     """1000 resamples of 100 and 200 images of 240 x 240 (BrainMRI's image size; 6 M and 12 M pixels): the
     memory grows by the per-image histograms (16 KB an image), not by the pixels (a copy of the extra 100
     images' scores alone is 23 MB); the rest is bounded by resamples x bins. At BrainMRI's full size (3,715
-    images) this took 2.6 s and 127 MiB on one core (README "Confidence intervals")."""
+    images) this took 4.3 s and 127 MiB on one loaded core (README "Confidence intervals")."""
     rng = np.random.default_rng(10)
     small, large = pixel_interval_cost(rng, 100), pixel_interval_cost(rng, 200)
     assert large[1] - small[1] < 6 * 2 ** 20 and large[1] < 100 * 2 ** 20
