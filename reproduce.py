@@ -31,8 +31,8 @@ from dataset.layouts import BMAD, DataError, detect_layout
 from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
 from mvfa.config import PAPER
-from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, PASS_THROUGH, TRAINING_RUNS, FlagParser,
-                        flag_text)
+from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NORMALISATION_HELP, PASS_THROUGH,
+                        TRAINING_RUNS, FlagError, FlagParser, flag_text)
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.studies import STUDIES, STUDY_HELP
 
@@ -56,9 +56,16 @@ class Run:
     draw: str  # 'it<i>': line i of the seed lists; 'rand<i>': seeded random draw i
     iterate: int  # --iterate of the few-shot scripts (-1: random)
     seed: int  # --seed of the scripts
+    # The test's --normalisation: 'reference' tests the checkpoint of the same run trained (or found) for 'test'.
+    normalisation: str = 'test'
 
     def results_path(self, results_dir: Path) -> Path:
-        return results_dir / self.setting / f'{self.obj}_{self.shot}shot_{self.draw}.json'
+        suffix = '' if self.normalisation == 'test' else f'_{self.normalisation}'
+        return results_dir / self.setting / f'{self.obj}_{self.shot}shot_{self.draw}{suffix}.json'
+
+    def trains(self, args: argparse.Namespace) -> bool:
+        """Whether this run trains (else it tests a checkpoint): training runs once, for the test rule."""
+        return not args.skip_train and self.normalisation == 'test'
 
     def save_path(self, ckpt_dir: Path) -> Path:
         """Where this run's checkpoint goes: one per object zero-shot, one per shot and draw few-shot."""
@@ -95,7 +102,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                                           f"scripts' {DATA_PATH})")
     p.add('fewshot_seed_dir', default=None, type=str, help="folder of the few-shot seed lists (default: the scripts')")
     p.add_argument('--study', choices=tuple(STUDIES), help=STUDY_HELP)
+    p.add('normalisation', nargs='+', default=['test'],
+          help=f'{NORMALISATION_HELP}. Both: one row each in the tables, each checkpoint tested both ways '
+               '(training selects with the test rule, so training runs also write test rows)')
+    for name in ('bootstrap', 'bootstrap_seed'):
+        p.add(name)
     args = p.parse_args(argv)
+    if args.study is not None and (len(set(args.normalisation)) > 1 or
+                                   (args.normalisation != ['test'] and not args.skip_train)):
+        # A study's rows are its variants: two normalisations (training also tests the test rule) would pool.
+        raise FlagError('--study takes one --normalisation: train the study first, then run it again with '
+                        '--skip_train --normalisation reference')
     # Only these reach the scripts, so that a test run takes the other model flags from the checkpoint's sidecar;
     # --shots too, whose default a study replaces when it is not given.
     args.given = p.given(argv, [flag for flag, _ in PASS_THROUGH] + ['shots'])
@@ -116,15 +133,16 @@ def plan(args: argparse.Namespace) -> List[Run]:
         draws = [(f'rand{i}', -1, args.seed + i) for i in range(args.random_draws)]
     else:
         draws = [(f'it{i}', i, args.seed) for i in args.iterates]
+    # A checkpoint is trained by the run of the test rule, which the 'reference' run then tests.
+    normalisations = list(dict.fromkeys(([] if args.skip_train else ['test']) + list(args.normalisation)))
     runs = []
     for setting in args.settings:
         shots = [ZERO_SHOT] if setting == 'zero-shot' else args.shots
         for shot in shots:
             for obj in objects:
-                if setting == 'zero-shot':
-                    runs.append(Run(setting, obj, shot, 'it0', 0, args.seed))
-                else:
-                    runs += [Run(setting, obj, shot, draw, iterate, seed) for draw, iterate, seed in draws]
+                run_draws = [('it0', 0, args.seed)] if setting == 'zero-shot' else draws
+                runs += [Run(setting, obj, shot, draw, iterate, seed, normalisation)
+                         for draw, iterate, seed in run_draws for normalisation in normalisations]
     return runs
 
 
@@ -133,12 +151,15 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
             '--results', str(task.results_path(args.results_dir)), '--seed', str(task.seed)]
     if task.setting == 'few-shot':
         argv += ['--shot', str(task.shot), '--iterate', str(task.iterate)]
-    if not args.skip_train:
+    training = task.trains(args)
+    if training:
         argv += ['--selection', args.selection]
+    else:
+        argv += ['--normalisation', task.normalisation]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
         takes_it = flag in args.given and (scripts == ALL_RUNS or (scripts == FEW_SHOT_RUNS and task.setting == 'few-shot')
-                                           or (scripts == TRAINING_RUNS and not args.skip_train))
+                                           or (scripts == TRAINING_RUNS and training))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:
@@ -164,10 +185,13 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
     layout = detect_layout(data_path)
     checks = set()
     for task in runs:
+        if task.setting == 'few-shot' and task.normalisation == 'reference' and task.shot < 2:
+            raise DataError(f'--normalisation reference needs at least 2 normal support images (a spread, '
+                            f'leave-one-out): --shots {task.shot} has {task.shot}')
         if args.skip_train and not existing_checkpoint(task, args).is_file():
             raise CheckpointError(f'--skip_train: no checkpoint at {existing_checkpoint(task, args)} for the '
                                   f'{task.setting} run of {task.obj}: train it first (without --skip_train)')
-        if args.selection == 'valid' and not args.skip_train:
+        if args.selection == 'valid' and task.trains(args):
             layout.validation_records(task.obj)  # MVTec AD and VisA have none: say so now
         if task.setting == 'few-shot':
             seed_list = seed_list_path(seed_dir, task.obj, task.shot)
@@ -195,8 +219,9 @@ def execute(task: Run, args: argparse.Namespace) -> Dict:
     """Run one task through its script and return its results record."""
     checkpoint = existing_checkpoint(task, args) if args.skip_train else None
     argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
-    print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw}: {" ".join(argv)}', flush=True)
-    SCRIPTS[task.setting, not args.skip_train](argv)
+    print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw} ({task.normalisation} normalisation): '
+          f'{" ".join(argv)}', flush=True)
+    SCRIPTS[task.setting, task.trains(args)](argv)
     return json.loads(task.results_path(args.results_dir).read_text(encoding='utf-8'))
 
 
@@ -218,9 +243,10 @@ def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float
     return None if ours is None or theirs is None else ours - theirs
 
 
-def object_row(setting: str, shot: int, obj: str, records: List[Dict]) -> Dict:
+def object_row(setting: str, shot: int, obj: str, records: List[Dict], normalisation: str = 'test') -> Dict:
     """One object's line: our metrics (%) over its draws, the published AUROCs and our difference."""
     row = {'setting': setting, 'shot': shot, 'object': obj, 'paper_name': PAPER_NAMES.get(obj, obj),
+           'normalisation': normalisation,
            # A checkpoint without a sidecar (the authors') does not say how it was selected.
            'selection': '/'.join(sorted({r['selection'] or 'unknown' for r in records})), 'draws': len(records)}
     for metric in METRICS:
@@ -241,6 +267,7 @@ def average_row(rows: List[Dict]) -> Dict:
     """
     first = rows[0]
     average = {'setting': first['setting'], 'shot': first['shot'], 'object': 'Average', 'paper_name': 'Average',
+               'normalisation': first['normalisation'],
                'selection': '/'.join(sorted({r['selection'] for r in rows})),
                'draws': min(r['draws'] for r in rows)}
     for level in LEVELS:
@@ -258,24 +285,56 @@ def average_row(rows: List[Dict]) -> Dict:
     return average
 
 
+def add_intervals(row: Dict, groups: List[List[Dict]], tested: Optional[List[List[Dict]]]) -> None:
+    """A row's 95 % bootstrap intervals (mvfa/comparison.py): `groups` are its records per object (one
+    object, or an Average's), each a list of draws; `tested`, the same cells under the test rule, gives a
+    reference row its paired difference from them (None elsewhere)."""
+    from mvfa import comparison  # numpy and scipy: only when a table is made
+    for level in LEVELS:
+        scored = [records for records in groups if records[0].get(f'{level}_auroc') is not None]
+        row[f'{level}_auroc_low'], row[f'{level}_auroc_high'] = comparison.percent_interval(scored, level)
+        if tested is not None and scored:
+            tested_scored = [records for records in tested if records[0].get(f'{level}_auroc') is not None]
+            difference = comparison.paired_difference(scored, tested_scored, level)
+        else:
+            difference = None
+        row.update(comparison.difference_fields(f'{level}_auroc_minus_test', difference))
+
+
 def summarise(runs: List[Run], records: List[Dict]) -> List[Dict]:
-    """Rows per (setting, shot) table: its objects in the paper's order, then their Average."""
+    """Rows per (setting, shot) table: its objects in the paper's order, then their Average, each AUROC with
+    its 95 % interval. Several normalisations: one row each per object and per Average, and the reference
+    rows' paired difference from the test rows."""
     rows = []
     tables = list(dict.fromkeys((task.setting, task.shot) for task in runs))
     for setting, shot in tables:
-        objects = list(dict.fromkeys(task.obj for task in runs if (task.setting, task.shot) == (setting, shot)))
-        table = [object_row(setting, shot, obj, [record for task, record in zip(runs, records)
-                                                 if (task.setting, task.shot, task.obj) == (setting, shot, obj)])
-                 for obj in objects]
-        rows += table + [average_row(table)]
+        in_table = [(task, record) for task, record in zip(runs, records)
+                    if (task.setting, task.shot) == (setting, shot)]
+        objects = list(dict.fromkeys(task.obj for task, _ in in_table))
+        normalisations = list(dict.fromkeys(task.normalisation for task, _ in in_table))
+        groups = {(obj, normalisation): [record for task, record in in_table
+                                         if (task.obj, task.normalisation) == (obj, normalisation)]
+                  for obj in objects for normalisation in normalisations}
+        paired = 'test' in normalisations and len(normalisations) > 1
+        per_object: Dict[str, List[Dict]] = {}
+        averages = []
+        for normalisation in normalisations:
+            table = [object_row(setting, shot, obj, groups[obj, normalisation], normalisation) for obj in objects]
+            tested = paired and normalisation != 'test'
+            for obj, row in zip(objects, table):
+                add_intervals(row, [groups[obj, normalisation]], [groups[obj, 'test']] if tested else None)
+            average = average_row(table)
+            add_intervals(average, [groups[obj, normalisation] for obj in objects],
+                          [groups[obj, 'test'] for obj in objects] if tested else None)
+            per_object[normalisation], averages = table, averages + [average]
+        rows += [per_object[n][i] for i in range(len(objects)) for n in normalisations] + averages
     return rows
 
 
-def cell(mean: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
-    if mean is None:
+def cell(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
         return '–'
-    text = f'{mean:+.2f}' if signed else f'{mean:.2f}'
-    return f'{text} ± {std:.2f}' if std is not None else text
+    return f'{value:+.2f}' if signed else f'{value:.2f}'
 
 
 def table_title(setting: str, shot: int, bmad: bool = True) -> str:
@@ -308,16 +367,25 @@ def made_with_text(made: Dict[str, str]) -> str:
 
 
 def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
-    header = ['Object', 'Selection', 'Draws']
+    from mvfa.comparison import auroc_cell, difference_cell  # numpy and scipy: only when a table is made
+    both = len({row.get('normalisation', 'test') for row in rows}) > 1
+    header = ['Object', 'Selection', 'Draws'] + (['Normalisation'] if both else [])
     for level in LEVELS:
         header += [f'{level.capitalize()} AUROC', 'Paper', "Authors' re-run", 'Ours − paper']
+        header += ['Reference − test'] if both else []
     lines = ['# MVFA reproduction: AUROC (%)', '']
     if made is not None:
         lines += [made_with_text(made), '']
     lines += [f'Published numbers: {SOURCE}. Ours: mean ± sample std over the draws of the support set '
-             '(no ± for one draw). Selection: the model selection each number used (test: best epoch on the '
+             '(no ± for one draw), then [95 % bootstrap interval over test images] of that mean: how far it could '
+             'move on another test set of the same size, the draws held fixed (README "Confidence intervals"). '
+             'Selection: the model selection each number used (test: best epoch on the '
              'test set, as the paper; valid: best on valid/ minus the support images; last: final epoch). '
              'Pixel AUROC only for the objects with masks; the Average row averages the objects shown.']
+    if both:
+        lines += ['', 'Normalisation: test, min-max over the test set before fusion (the authors\'); reference, '
+                      'each image on its own, by the normal support images. Reference − test: the paired '
+                      'difference on the same test images, [95 % interval], p (paired bootstrap).']
     bmad = all(row['object'] in PAPER_NAMES for row in rows if row['object'] != 'Average')
     current = None
     for row in rows:
@@ -327,11 +395,13 @@ def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
                       '|' + ' --- |' * len(header)]
         name = (row['object'] if row['paper_name'] == row['object']
                 else f"{row['paper_name']} ({row['object']})")
-        cells = [name, row['selection'], str(row['draws'])]
+        cells = [name, row['selection'], str(row['draws'])] + ([row['normalisation']] if both else [])
         for level in LEVELS:
-            cells += [cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']),
+            cells += [auroc_cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std'],
+                                 row.get(f'{level}_auroc_low'), row.get(f'{level}_auroc_high')),
                       cell(row[f'{level}_auroc_paper']), cell(row[f'{level}_auroc_rerun']),
                       cell(row[f'{level}_auroc_minus_paper'], signed=True)]
+            cells += [difference_cell(row, f'{level}_auroc_minus_test')] if both else []
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

@@ -38,6 +38,8 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
     p.add('save_path', default=save_path)
     add_model_arguments(p)
     p.add('results')
+    for name in ('bootstrap', 'bootstrap_seed'):
+        p.add(name)
     if few_shot:
         for name in ('shot', 'iterate', 'fewshot_seed_dir'):
             p.add(name)
@@ -56,6 +58,7 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
                        help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
     else:
         p.add_argument('--save_vis', type=Path, default=None, help='write a heatmap PNG per test image to this folder')
+        p.add('normalisation')
     if few_shot and not training:
         # The authors' test_few.py took its training flags too; accepted so their commands still run.
         for flag in ('--epoch', '--learning_rate', '--save_model'):

@@ -16,7 +16,9 @@ from loss import MVFALoss
 from mvfa.checkpoint import CheckpointError, adopt_model_flags
 from mvfa.cli import ZERO_SHOT_CHECKPOINTS
 from mvfa.evaluation import Evaluation, evaluate
+from mvfa.inductive import Inductive
 from mvfa.memory_bank import build_memory_bank
+from mvfa.prediction import Reference
 from mvfa.results import write_results
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
@@ -97,10 +99,15 @@ def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Eval
                       normal_only=args.normal_only)
     model = session.load_model(checkpoint)
     text_features = session.text_features(args.obj)
-    normal, _ = augment(data.fewshot_norm_img)
-    bank = build_memory_bank(model, normal, args.batch_size)
+    if args.normalisation == 'reference':
+        # The normal support images as predict.py's references: one bank each, spreads measured leave-one-out.
+        reference = Reference(model, data.fewshot_norm_img, text_features, args.batch_size)
+        bank, inductive = reference.banks, Inductive(len(model.features), reference.calibration)
+    else:
+        bank, inductive = build_memory_bank(model, augment(data.fewshot_norm_img)[0], args.batch_size), None
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
-    evaluation = evaluate(model, loader, text_features, data.has_masks, bank, keep_maps=args.save_vis is not None)
+    evaluation = evaluate(model, loader, text_features, data.has_masks, bank, keep_maps=args.save_vis is not None,
+                          inductive=inductive)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
         save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)

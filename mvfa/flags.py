@@ -12,7 +12,8 @@ from typing import Callable, Dict, Optional, Sequence, Set
 
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
 from dataset.windows import AUTO, WINDOW_HELP, WINDOW_MEANING, is_window
-from mvfa.config import ADAPTATIONS, PAPER, PRECISIONS, SELECTION_MODES
+from mvfa.config import (ADAPTATIONS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NORMALISATIONS, PAPER, PRECISIONS,
+                         SELECTION_MODES)
 from mvfa.errors import UserError
 
 
@@ -31,6 +32,10 @@ POSITIVE_INTEGER = Rule(lambda value: value >= 1, 'a positive integer')
 SEED = Rule(lambda value: 0 <= value < 2 ** 32, 'an integer from 0 to 2**32 - 1')
 
 DATA_PATH = './data/'  # the authors' default --data_path
+NORMALISATION_HELP = ("'test': min-max over the test set before fusion, as the authors (transductive: an image's "
+                      "score depends on the other test images); 'reference': each image on its own, standardised "
+                      "by the normal support images scored leave-one-out, as predict.py --reference (zero-shot: "
+                      "the raw scores)")
 # Which runs of reproduce.py a forwarded flag reaches.
 ALL_RUNS, TRAINING_RUNS, FEW_SHOT_RUNS = 'all', 'training', 'few-shot'
 
@@ -121,6 +126,13 @@ FLAGS: Dict[str, Flag] = {
     'device': Flag('cuda, mps or cpu (default: cuda if available, else mps, else cpu)', forwarded_to=ALL_RUNS),
     'precision': Flag('autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere', default='auto',
                       choices=('auto', *PRECISIONS), forwarded_to=ALL_RUNS),
+    # How test scores are normalised, and their intervals (mvfa/intervals.py, mvfa/inductive.py).
+    'normalisation': Flag(NORMALISATION_HELP, default='test', choices=NORMALISATIONS),
+    'bootstrap': Flag('resamples of the 95 %% bootstrap intervals of the AUROCs in the --results file; 0: none', int,
+                      BOOTSTRAP_RESAMPLES, forwarded_to=ALL_RUNS,
+                      rule=Rule(lambda value: value == 0 or value >= 10, '0 (no intervals) or at least 10 resamples')),
+    'bootstrap_seed': Flag('seed of the bootstrap: files of the same test images and seed compare paired', int,
+                           BOOTSTRAP_SEED, rule=SEED, forwarded_to=ALL_RUNS),
     # Only range-checked here; each command that has them says what they count.
     **{name: Flag(help, int, rule=POSITIVE_INTEGER) for name, help in (
         ('epochs', 'epochs'), ('n_test', 'test images per class'), ('n_valid', 'valid images per class'),

@@ -144,9 +144,21 @@ def auroc_row(variant: Variant, obj: str, draws: int, per_draw: Dict[str, List[f
     return row
 
 
+def per_object(runs: Sequence[PlannedRun], records: List[Dict]) -> Dict[str, List[Dict]]:
+    """Each object's records, its draws in plan order."""
+    objects = dict.fromkeys(run.obj for run in runs)
+    return {obj: [record for run, record in zip(runs, records) if run.obj == obj] for obj in objects}
+
+
+def scored_groups(groups: Sequence[List[Dict]], level: str) -> List[List[Dict]]:
+    return [records for records in groups if records[0].get(f'{level}_auroc') is not None]
+
+
 def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dict]) -> List[Dict]:
     """Per object its AUROCs (%) over the draws, then their Average: per draw the mean over the objects
-    (pixel: over those with masks, as the paper), then mean ± std over the draws."""
+    (pixel: over those with masks, as the paper), then mean ± std over the draws; each with its 95 %
+    bootstrap interval over test images (mvfa/comparison.py)."""
+    from mvfa import comparison  # numpy and scipy: only when a table is made
     objects = list(dict.fromkeys(run.obj for run in runs))
     draws = list(dict.fromkeys(run.draw for run in runs))
     rows = []
@@ -167,7 +179,39 @@ def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dic
         scored = [row['object'] for row in rows if row[f'{level}_auroc_mean'] is not None]
         numbers = [paper_auroc(variant, obj, level) for obj in scored]
         paper[level] = statistics.mean(numbers) if numbers and None not in numbers else None
-    return rows + [auroc_row(variant, 'Average', len(draws), averages, paper)]
+    rows.append(auroc_row(variant, 'Average', len(draws), averages, paper))
+    groups = per_object(runs, records)
+    for row in rows:
+        chosen = list(groups.values()) if row['object'] == 'Average' else [groups[row['object']]]
+        for level in LEVELS:
+            row[f'{level}_auroc_low'], row[f'{level}_auroc_high'] = comparison.percent_interval(
+                scored_groups(chosen, level), level)
+    return rows
+
+
+# The row the other variants of a study are compared with, paired on the same test images.
+BASELINES = {'projectors': 'adapter', 'levels': 'all levels'}
+
+
+def add_paired_differences(study: str, outcomes: List[Outcome], rows: List[Dict]) -> None:
+    """Each row's paired difference from the baseline variant's row of the same object and shot (the paper's
+    configuration: adapters, all levels); None for the baseline itself and in studies without one."""
+    from mvfa import comparison
+    baselines = {variant.shot: per_object(runs, records) for variant, runs, records in outcomes
+                 if variant.paper_configuration}
+    by_label = {(variant.label, variant.shot): (variant, per_object(runs, records))
+                for variant, runs, records in outcomes}
+    for row in rows:
+        variant, groups = by_label[row['variant'], row['shot']]
+        baseline = baselines.get(variant.shot)
+        for level in LEVELS:
+            difference = None
+            if study in BASELINES and not variant.paper_configuration and baseline is not None:
+                objects = list(groups) if row['object'] == 'Average' else [row['object']]
+                ours = scored_groups([groups[obj] for obj in objects], level)
+                theirs = scored_groups([baseline[obj] for obj in objects if obj in baseline], level)
+                difference = comparison.paired_difference(ours, theirs, level) if ours else None
+            row.update(comparison.difference_fields(f'{level}_auroc_minus_baseline', difference))
 
 
 def cell(mean: Optional[float], std: Optional[float] = None) -> str:
@@ -176,13 +220,21 @@ def cell(mean: Optional[float], std: Optional[float] = None) -> str:
     return f'{mean:.2f} ± {std:.2f}' if std is not None else f'{mean:.2f}'
 
 
-def auroc_table(rows: List[Dict], first_column: Callable[[Dict], str], first_header: str) -> List[str]:
-    header = [first_header, 'Draws', 'Image AUROC', 'Paper', 'Pixel AUROC', 'Paper']
+def auroc_table(rows: List[Dict], first_column: Callable[[Dict], str], first_header: str,
+                baseline: Optional[str] = None) -> List[str]:
+    """AUROC cells 'mean ± std [low, high]'; with a `baseline`, each level's paired difference from it."""
+    from mvfa.comparison import auroc_cell, difference_cell
+    header = [first_header, 'Draws']
+    for level in LEVELS:
+        header += [f'{level.capitalize()} AUROC', 'Paper'] + ([f'− {baseline}'] if baseline else [])
     lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     for row in rows:
         cells = [first_column(row), str(row['draws'])]
         for level in LEVELS:
-            cells += [cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']), cell(row[f'{level}_auroc_paper'])]
+            cells += [auroc_cell(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std'],
+                                 row.get(f'{level}_auroc_low'), row.get(f'{level}_auroc_high')),
+                      cell(row[f'{level}_auroc_paper'])]
+            cells += [difference_cell(row, f'{level}_auroc_minus_baseline')] if baseline else []
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
 
@@ -206,15 +258,20 @@ NOTES = {
 
 
 def auroc_markdown(study: str, rows: List[Dict], made_with: str) -> str:
+    baseline = BASELINES.get(study)
+    paired = (f' − {baseline}: the paired difference from the {baseline} row on the same test images '
+              '[95 % interval], p (paired bootstrap; README "Confidence intervals").' if baseline else '')
     lines = [f'# MVFA study: {TITLES[study]}', '', made_with, '',
-             'AUROC (%). Mean ± sample std over the draws of the support set (no ± for one draw); Average: '
+             'AUROC (%). Mean ± sample std over the draws of the support set (no ± for one draw), then '
+             '[95 % bootstrap interval over test images] of that mean; Average: '
              'per draw the mean over the objects (pixel: those with masks), then over the draws. '
-             + NOTES[study], '', '## Average over the objects', '']
-    lines += auroc_table([row for row in rows if row['object'] == 'Average'], lambda row: row['variant'], 'Variant')
+             + NOTES[study] + paired, '', '## Average over the objects', '']
+    lines += auroc_table([row for row in rows if row['object'] == 'Average'], lambda row: row['variant'], 'Variant',
+                         baseline)
     lines += ['', '## Per object', '']
     lines += auroc_table([row for row in rows if row['object'] != 'Average'],
                          lambda row: f"{row['variant']}: {PAPER_NAMES.get(row['object'], row['object'])}",
-                         'Variant: object')
+                         'Variant: object', baseline)
     return '\n'.join(lines) + '\n'
 
 
@@ -248,6 +305,7 @@ class Study:
 def write_auroc_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
                       out: Path) -> List[Dict]:
     rows = [row for variant, runs, records in outcomes for row in variant_rows(variant, runs, records)]
+    add_paired_differences(study, outcomes, rows)
     (out / 'summary.md').write_text(auroc_markdown(study, rows, made_with), encoding='utf-8')
     write_csv(out / 'summary.csv', made, rows)
     if study == 'shots':

@@ -15,6 +15,7 @@ from dataset.validate import validate_leave_one_out, validate_object
 from loss import MVFALoss
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.evaluation import Evaluation, evaluate
+from mvfa.inductive import Inductive
 from mvfa.results import write_results
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
@@ -83,8 +84,10 @@ def zero_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Eva
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
     model = session.load_model(checkpoint)
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
+    # Zero-shot has no references: `reference` keeps each image's own score, not normalised over the test set.
+    inductive = Inductive(len(model.features)) if args.normalisation == 'reference' else None
     evaluation = evaluate(model, loader, session.text_features(args.obj), data.has_masks,
-                          keep_maps=args.save_vis is not None)
+                          keep_maps=args.save_vis is not None, inductive=inductive)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
         save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)

@@ -219,7 +219,7 @@ def test_reproduce_hands_the_scripts_only_the_model_flags_given():
 
 # Every command a user runs; `--help` of each must answer before torch is imported.
 COMMANDS = ('train_few.py', 'test_few.py', 'train_zero.py', 'test_zero.py', 'predict.py', 'reproduce.py',
-            'demo.py', 'bench.py', 'gpu_check.py', 'dataset/synthetic.py', 'dataset/prepare.py')
+            'demo.py', 'bench.py', 'gpu_check.py', 'dataset/synthetic.py', 'dataset/prepare.py', 'compare.py')
 # Runs a command's --help in a fresh interpreter, then reports what a test cannot see from inside this one:
 # whether torch was imported, and the flags that came without a help text.
 HELP_PROBE = '''

@@ -248,3 +248,57 @@ def test_reproduce_keeps_its_checkpoints_away_from_the_released_ones():
         for task in reproduce.plan(reproduce.parse_args(['--obj', 'Brain', '--settings', setting])):
             assert folder not in task.save_path(reproduce.parse_args([]).ckpt_dir).parents
             assert task.save_path(reproduce.parse_args([]).ckpt_dir) != folder
+
+
+def test_summary_cells_carry_the_95_percent_interval_of_their_mean(tables):
+    """Each row's [low, high] is the percentile interval of the mean over draws of the records' replicates."""
+    records = [run_record(tables['results'], 'few-shot', 'Brain', 2, draw) for draw in ('it0', 'it1')]
+    assert all(r['bootstrap']['resamples'] == 1000 and r['bootstrap']['seed'] == 0 for r in records)
+    row = csv_row(tables['rows'], 'few-shot', 'Brain')
+    for level in ('image', 'pixel'):
+        pooled = np.mean([r['bootstrap'][f'{level}_auroc']['replicates'] for r in records], axis=0)
+        assert number(row[f'{level}_auroc_low']) == pytest.approx(100 * np.quantile(pooled, 0.025))
+        assert number(row[f'{level}_auroc_high']) == pytest.approx(100 * np.quantile(pooled, 0.975))
+    assert csv_row(tables['rows'], 'few-shot', 'Chest')['pixel_auroc_low'] == ''
+    # The Average's interval: of the mean over the objects (each resampled on its own) of their draws' mean.
+    chest = [run_record(tables['results'], 'few-shot', 'Chest', 2, draw) for draw in ('it0', 'it1')]
+    objects = [np.mean([r['bootstrap']['image_auroc']['replicates'] for r in rs], axis=0) for rs in (records, chest)]
+    average = csv_row(tables['rows'], 'few-shot', 'Average')
+    assert number(average['image_auroc_low']) == pytest.approx(100 * np.quantile(np.mean(objects, axis=0), 0.025))
+    brain = next(line for line in tables['markdown'].splitlines() if line.startswith('| BrainMRI')).split(' | ')
+    assert brain[3].endswith(f"[{number(row['image_auroc_low']):.2f}, {number(row['image_auroc_high']):.2f}]")
+
+
+def test_both_normalisations_in_one_table_with_their_paired_difference(tables, tmp_path):
+    """--normalisation test reference on the trained checkpoints: a row each, and reference − test paired."""
+    data = tables['data']
+    reproduce.main(TINY + ['--data_path', str(data), '--fewshot_seed_dir', str(data / 'fewshot_seed'),
+                           '--results_dir', str(tmp_path), '--ckpt_dir', str(tables['folder'] / 'ckpt'),
+                           '--obj', 'Brain', '--settings', 'few-shot', '--shots', '2', '--iterates', '0',
+                           '--skip_train', '--normalisation', 'test', 'reference'])
+    test_rule = json.loads((tmp_path / 'few-shot' / 'Brain_2shot_it0.json').read_text())
+    reference = json.loads((tmp_path / 'few-shot' / 'Brain_2shot_it0_reference.json').read_text())
+    assert (test_rule['normalisation'], reference['normalisation']) == ('test', 'reference')
+    assert reference['images'] == test_rule['images'] and reference['image_scores'] != test_rule['image_scores']
+    with open(tmp_path / 'summary.csv', encoding='utf-8') as handle:
+        rows = [row for row in csv.DictReader(handle) if row['object'] == 'Brain']
+    assert [row['normalisation'] for row in rows] == ['test', 'reference']
+    for level in ('image', 'pixel'):
+        expected = 100 * (reference[f'{level}_auroc'] - test_rule[f'{level}_auroc'])
+        assert number(rows[1][f'{level}_auroc_minus_test']) == pytest.approx(expected)
+        differences = (np.array(reference['bootstrap'][f'{level}_auroc']['replicates'])
+                       - np.array(test_rule['bootstrap'][f'{level}_auroc']['replicates']))
+        assert number(rows[1][f'{level}_auroc_minus_test_low']) == pytest.approx(100 * np.quantile(differences, 0.025))
+        assert 0 < number(rows[1][f'{level}_auroc_minus_test_p']) <= 1 and rows[0][f'{level}_auroc_minus_test'] == ''
+    text = (tmp_path / 'summary.md').read_text(encoding='utf-8')
+    assert '| Object | Selection | Draws | Normalisation | Image AUROC |' in text and 'Reference − test' in text
+    line = next(line for line in text.splitlines() if line.startswith('| BrainMRI (Brain) | last | 1 | reference'))
+    assert ', p = ' in line
+
+
+def test_a_study_takes_one_normalisation(capsys):
+    """A study's rows are its variants: test and reference records of one variant would pool into one row."""
+    for extra in (['--normalisation', 'test', 'reference'], ['--normalisation', 'reference']):
+        assert reproduce.run(reproduce.main, ['--study', 'levels', *extra]) == 2
+        assert '--study takes one --normalisation' in capsys.readouterr().err
+    assert reproduce.parse_args(['--study', 'levels', '--skip_train', '--normalisation', 'reference']).study == 'levels'

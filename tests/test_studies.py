@@ -207,3 +207,23 @@ def test_figure_studies_share_their_adapters_and_score_as_the_method(data, tmp_p
     before_again, after_again = figures.image_features(run.model, run.loader)
     np.testing.assert_allclose(before_again, before, atol=1e-6)
     assert np.abs(after_again - after).max() > 1e-3
+
+
+def test_levels_rows_carry_intervals_and_their_paired_difference_from_all_levels(data, tmp_path):
+    """Each single-level row's difference from the all-levels row is the paired bootstrap of the two runs'
+    replicates (same test images, same resamples); the all row has none."""
+    rows = study(data, tmp_path, 'levels', '--obj', 'Brain', '--features_list', '3', '12', '--shots', '1',
+                 '--iterates', '0', '--epoch', '1')
+    out = tmp_path / 'results' / 'levels'
+    single, every = (json.loads((out / folder / 'few-shot' / 'Brain_1shot_it0.json').read_text())
+                     for folder in ('1shot_blocks_3', '1shot_blocks_3_12'))
+    row = next(r for r in rows if r['variant'] == 'block 3' and r['object'] == 'Brain')
+    for level in ('image', 'pixel'):
+        ours, theirs = (np.array(r['bootstrap'][f'{level}_auroc']['replicates']) for r in (single, every))
+        assert row[f'{level}_auroc_minus_baseline'] == pytest.approx(
+            100 * (single[f'{level}_auroc'] - every[f'{level}_auroc']))
+        assert row[f'{level}_auroc_minus_baseline_high'] == pytest.approx(100 * np.quantile(ours - theirs, 0.975))
+        assert row[f'{level}_auroc_low'] == pytest.approx(100 * np.quantile(ours, 0.025))
+    assert next(r for r in rows if r['variant'] == 'all (3 12)')['image_auroc_minus_baseline'] is None
+    text = (out / 'summary.md').read_text()
+    assert '| Variant | Draws | Image AUROC | Paper | − all levels | Pixel AUROC |' in text and ', p = ' in text
