@@ -16,7 +16,6 @@ shots, tsne or level_maps, into <results_dir>/<study>/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from mvfa.cli import DATA_PATH, FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
 from mvfa.config import SELECTION_MODES
 from mvfa.flags import FlagParser, flag_text
+from mvfa.outputs import FILE, Output, atomic_write, check_outputs, naming_command
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
-from mvfa.studies import STUDIES, STUDY_HELP
+from mvfa.studies import STUDIES, STUDY_HELP, write_csv
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -191,9 +191,19 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
         validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
 
 
+def run_outputs(runs: List[Run], args: argparse.Namespace) -> List[Output]:
+    """Where the runs write: each one's results file and (training) checkpoint folder."""
+    places = [Output('--results_dir', task.results_path(args.results_dir), FILE) for task in runs]
+    if not args.skip_train:
+        places += [Output('--ckpt_dir', task.save_path(args.ckpt_dir)) for task in runs]
+    return places
+
+
 def plan_and_run(variants: List[argparse.Namespace]) -> List[Tuple[List[Run], List[Dict]]]:
     """The runs and results records of each set of flags, every run checked before the first starts."""
     plans = [plan(args) for args in variants]
+    for runs, args in zip(plans, variants):
+        check_outputs(run_outputs(runs, args))
     for runs, args in zip(plans, variants):
         check_runs(runs, args)
     return [(runs, [execute(task, args) for task in runs]) for runs, args in zip(plans, variants)]
@@ -204,7 +214,9 @@ def execute(task: Run, args: argparse.Namespace) -> Dict:
     checkpoint = existing_checkpoint(task, args) if args.skip_train else None
     argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
     print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw}: {" ".join(argv)}', flush=True)
-    SCRIPTS[task.setting, not args.skip_train](argv)
+    script = SCRIPTS[task.setting, not args.skip_train]
+    with naming_command(f'python {script.__module__}.py {" ".join(argv)}'):
+        script(argv)
     return json.loads(task.results_path(args.results_dir).read_text(encoding='utf-8'))
 
 
@@ -346,13 +358,8 @@ def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
 
 def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> None:
     """summary.md opens with how the numbers were made; summary.csv's rows open with it."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / 'summary.md').write_text(markdown(rows, made), encoding='utf-8')
-    described = [{**made, **row} for row in rows]
-    with open(results_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
-        writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
+    atomic_write(results_dir / 'summary.md', markdown(rows, made))
+    write_csv(results_dir / 'summary.csv', made, rows)
     print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
 
 
@@ -364,7 +371,6 @@ def run_study(args: argparse.Namespace) -> List[Dict]:
                 for variant, (runs, records) in zip(variants, plan_and_run([variant.args for variant in variants]))]
     made = made_with([record for _, _, records in outcomes for record in records])
     out = args.results_dir / args.study
-    out.mkdir(parents=True, exist_ok=True)
     rows = study.write(args.study, outcomes, made, made_with_text(made), out)
     print((out / 'summary.md').read_text(encoding='utf-8'))
     print(f'{args.study} study written to {out}')
@@ -373,6 +379,8 @@ def run_study(args: argparse.Namespace) -> List[Dict]:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
+    check_outputs([Output('--results_dir', args.results_dir)]
+                  + ([] if args.skip_train else [Output('--ckpt_dir', args.ckpt_dir)]))
     if args.study is not None:
         return run_study(args)
     (runs, records), = plan_and_run([args])

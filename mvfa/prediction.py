@@ -4,7 +4,6 @@ predict.py's docstring says what the scores mean."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -19,9 +18,11 @@ from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
+from dataset.validate import decode_all
 from mvfa import scoring
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
+from mvfa.outputs import atomic_write_all, csv_text
 from mvfa.session import Session
 from mvfa.visualize import Tick, at_image_size, write_panel
 from utils import augment
@@ -203,6 +204,8 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     adopt_model_flags(args, given_model_flags, args.checkpoint)
     inputs = find_images(args.inputs + args.input_paths, 'input')
     references = find_images(args.reference, 'reference') if args.reference else None
+    # Every image decoded before the model is built and anything written: a bad file costs seconds, no output.
+    decode_all([(path, None) for path in dict.fromkeys(inputs + (references or []))], 'the images')
     session = Session(args)
     model = session.load_model(args.checkpoint)
     text_features = session.text_features(args.obj)
@@ -212,7 +215,6 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
                               args.batch_size)
 
     heatmaps = heatmap_paths(inputs, args.out / 'heatmaps')
-    heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     ticks = colour_scale(calibrated=reference is not None)
@@ -236,10 +238,6 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
 
 def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional[Reference],
                  references: Optional[List[Path]]) -> None:
-    with open(args.out / 'scores.csv', 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
     record = {
         'mode': 'zero-shot' if reference is None else 'zero-shot + few-shot (reference memory bank)',
         'score': ('zero-shot abnormal probability in [0, 1], uncalibrated' if reference is None else
@@ -249,6 +247,7 @@ def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional
         'calibration': None if reference is None else asdict(reference.calibration),
         'images': rows,
     }
-    (args.out / 'scores.json').write_text(json.dumps(record, indent=2), encoding='utf-8')
+    atomic_write_all({args.out / 'scores.csv': csv_text(rows, CSV_COLUMNS),
+                      args.out / 'scores.json': json.dumps(record, indent=2)})
     print(f'{len(rows)} images scored: {args.out / "scores.csv"}, {args.out / "scores.json"}, '
           f'{args.out / "heatmaps"}/')

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
+from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, torch_bytes
 from mvfa.evaluation import Evaluation
 from mvfa.flags import flag_text
+from mvfa.outputs import atomic_write
 from mvfa.results import flag_values
 from mvfa.selection import ModelSelection
 from mvfa.training import AdapterOptimizers
@@ -31,11 +32,6 @@ PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
 # Flags that change what training does: resuming under other values would mix two runs.
 TRAINING_FLAGS = ('obj', 'model_name', 'pretrain', 'img_size', 'features_list', 'quick_gelu', 'adaptation', 'seed',
                   'shot', 'iterate', 'fewshot_seed_dir', 'learning_rate', 'batch_size', 'selection')
-
-
-def resume_path(checkpoint: Path) -> Path:
-    """`<Obj>.resume.pt` beside the `<Obj>.pth` checkpoint."""
-    return Path(checkpoint).with_suffix('.resume.pt')
 
 
 def _training_flags(args: argparse.Namespace) -> Dict:
@@ -89,7 +85,7 @@ def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Adap
                  selection={'evaluation': _evaluation_to_tensors(selection.evaluation), 'step': selection.step,
                             'state': selection.state},
                  rng=_rng_states(shuffler), flags=_training_flags(args))
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    atomic_write(path, torch_bytes(state))
 
 
 def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
