@@ -156,14 +156,15 @@ def test_the_check_creates_nothing_where_it_can_write(tmp_path):
 
 
 def test_predict_creates_nothing_for_a_refused_input(data, tmp_path, capsys):
-    """A corrupt input is refused before the model is built: no --out folder, no heatmaps/ in it."""
+    """A corrupt input (in the second batch) is refused before the model is built: no --out folder, no heatmaps/."""
     model = MultiLevelAdaptedCLIP(create_model('tiny-clip', SIZE, None), [3, 6, 9, 12])
     save_adapters(model, tmp_path / 'Brain.pth')
     corrupt = tmp_path / 'scan.png'
     corrupt.write_bytes(b'\x89PNG not an image')
     good = sorted((data / 'Brain_AD' / 'test' / 'good' / 'img').iterdir())[0]
     out = tmp_path / 'out'
-    argv = TINY + ['--checkpoint', str(tmp_path / 'Brain.pth'), '--obj', 'Brain', '--out', str(out)]
+    argv = TINY + ['--checkpoint', str(tmp_path / 'Brain.pth'), '--obj', 'Brain', '--out', str(out),
+                   '--batch_size', '1']
     assert run(predict.main, argv + [str(good), str(corrupt)]) == 2
     assert error_line(capsys).startswith(f'error: cannot read image {corrupt}')
     assert not out.exists()
