@@ -136,7 +136,8 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says what was kept, `how_to_resume` how to go on (if one can)."""
 
     def __init__(self, selection: ModelSelection, checkpoint: Path, how_to_resume: Optional[str] = None) -> None:
-        super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if _checkpoint_kept(selection, checkpoint)
+        kept = _checkpoint_kept(selection, checkpoint)
+        super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
                          else 'no checkpoint was saved yet')
         self.how_to_resume = how_to_resume
 
@@ -148,4 +149,3 @@ def write_failed(error: WriteFailed, selection: ModelSelection, checkpoint: Path
     kept = (f'the last checkpoint saved is intact at {checkpoint}' if _checkpoint_kept(selection, checkpoint)
             else 'no checkpoint was saved')
     return error.noting(kept, how_to_resume or 'no epoch was finished: the same command starts again')
-

@@ -6,17 +6,14 @@ which root cannot write either; as another user, `chmod 555` does it.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import pytest
-import torch
 
 import demo
 import predict
@@ -25,12 +22,12 @@ import test_few
 import test_zero
 import train_few
 import train_zero
+from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa import few_shot, outputs, zero_shot
+from mvfa import few_shot, zero_shot
 from mvfa.checkpoint import save_adapters
 from mvfa.cli import run
 from mvfa.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs
-from CLIP import MultiLevelAdaptedCLIP, create_model
 
 SIZE = 28  # the smallest input the tiny CLIP (patch 14) takes
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12', '--device', 'cpu',
@@ -43,6 +40,13 @@ DENIED = 'Operation not permitted' if os.geteuid() == 0 else 'Permission denied'
 def data(tmp_path_factory) -> Path:
     """Synthetic 32 px data of all six objects: 3 test and 2 valid images per class, a 1-shot list."""
     return generate(tmp_path_factory.mktemp('data'), size=32, n_test=3, n_valid=2, shots=(1,), iterations=1)
+
+
+def make_writable(folder: Path) -> None:
+    if os.geteuid() != 0:
+        folder.chmod(0o755)
+    else:
+        subprocess.run(['chattr', '-i', str(folder)], check=True)
 
 
 @pytest.fixture()
@@ -62,10 +66,7 @@ def read_only() -> Callable[[Path], Path]:
         return folder
     yield freeze
     for folder in frozen:
-        if os.geteuid() != 0:
-            folder.chmod(0o755)
-        else:
-            subprocess.run(['chattr', '-i', str(folder)], check=True)
+        make_writable(folder)
 
 
 def tree(root: Path) -> Dict[str, bytes]:
@@ -111,7 +112,8 @@ SCRIPTS = {
                                 '--results_dir'),
     'reproduce --ckpt_dir': (reproduce, lambda place: ['--data_path', 'missing', '--ckpt_dir', str(place)],
                              '--ckpt_dir'),
-    'demo --out': (demo, lambda place: ['--data_path', str(place.parents[1] / 'demo-data'), '--out', str(place)], '--out'),
+    'demo --out': (demo, lambda place: ['--data_path', str(place.parents[1] / 'demo-data'), '--out', str(place)],
+                   '--out'),
     'demo --ckpt_path': (demo, lambda place: ['--data_path', str(place.parents[1] / 'demo-data'),
                                               '--ckpt_path', str(place)], '--ckpt_path'),
     'demo --data_path': (demo, lambda place: ['--data_path', str(place)], '--data_path'),
@@ -213,7 +215,7 @@ def test_a_write_failing_mid_run_keeps_the_last_state_and_says_how_to_resume(cas
     assert sorted(kept) == files and tree(save) == kept
     assert not results.exists()
 
-    subprocess.run(['chattr', '-i', str(save)], check=True) if os.geteuid() == 0 else save.chmod(0o755)
+    make_writable(save)
     monkeypatch.undo()
     assert run(script.main, argv + ['--resume']) == 0
     assert f'resuming from {save / "Liver.resume.pt"} after epoch 0' in capsys.readouterr().out
