@@ -27,7 +27,7 @@ from dataset.synthetic import generate
 from mvfa import few_shot, zero_shot
 from mvfa.checkpoint import save_adapters
 from mvfa.cli import run
-from mvfa.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs
+from mvfa.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs, naming_command
 
 SIZE = 28  # the smallest input the tiny CLIP (patch 14) takes
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12', '--device', 'cpu',
@@ -242,6 +242,15 @@ def test_a_results_file_failing_after_the_test_keeps_the_earlier_one(data, tmp_p
     assert error_line(capsys) == f'error: cannot write {results} ({DENIED})'
     assert tree(folder) == {'r.json': earlier}
     assert len(list((tmp_path / 'vis').iterdir())) == 6  # every test image's heatmap, whole
+
+
+def test_a_script_run_in_process_names_its_command_in_a_failed_write():
+    """reproduce.py and demo.py run the scripts in-process: 'the same command' of the message is named."""
+    with pytest.raises(WriteFailed) as failed:
+        with naming_command('python train_few.py --obj Liver'):
+            raise WriteFailed(Path('Liver.pth'), 'No space left on device', ('no checkpoint was saved',))
+    assert str(failed.value) == ('cannot write Liver.pth (No space left on device); no checkpoint was saved; '
+                                 'the command: python train_few.py --obj Liver')
 
 
 @pytest.fixture()
