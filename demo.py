@@ -15,7 +15,8 @@ import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import test_few
 import test_zero
@@ -25,6 +26,7 @@ from dataset import synthetic
 from dataset.objects import OBJECTS
 from mvfa.cli import parser, run
 from mvfa.flags import FlagParser
+from mvfa.outputs import Output, atomic_write, check_outputs, naming_command
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -70,15 +72,26 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def data_settings(size: int, n_test: int) -> Dict:
+    """What the synthetic data is generated with, as its record holds it."""
+    return {'size': size, 'n_test': n_test, 'n_valid': 2 * SHOT, 'shots': [SHOT]}
+
+
+def data_is_ready(data_path: Path, settings: Dict) -> bool:
+    """Whether the folder holds the synthetic data of `settings` already (then nothing is written there)."""
+    record = data_path / DATA_RECORD
+    return record.is_file() and json.loads(record.read_text(encoding='utf-8')) == settings
+
+
 def prepare_data(data_path: Path, size: int, n_test: int) -> None:
     """Generate the synthetic data unless this folder already holds the same; all six objects,
     since zero-shot training reads every object but the target."""
-    settings = {'size': size, 'n_test': n_test, 'n_valid': 2 * SHOT, 'shots': [SHOT]}
+    settings = data_settings(size, n_test)
     record = data_path / DATA_RECORD
+    if data_is_ready(data_path, settings):
+        print(f'using the synthetic data in {data_path}')
+        return
     if record.is_file():
-        if json.loads(record.read_text(encoding='utf-8')) == settings:
-            print(f'using the synthetic data in {data_path}')
-            return
         # The record proves the demo made these folders: replace them so no image of the old size stays.
         for folder in [data_path / f'{obj}_AD' for obj in OBJECTS] + [data_path / 'fewshot_seed']:
             shutil.rmtree(folder, ignore_errors=True)
@@ -86,7 +99,7 @@ def prepare_data(data_path: Path, size: int, n_test: int) -> None:
         raise SystemExit(f'error: {data_path} holds files the demo did not write: pick another --data_path')
     synthetic.main(['--out', str(data_path), '--size', str(size), '--n_test', str(n_test),
                     '--n_valid', str(settings['n_valid']), '--shots', str(SHOT), '--iterations', '1'])
-    record.write_text(json.dumps(settings), encoding='utf-8')
+    atomic_write(record, json.dumps(settings))
 
 
 def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: List[str]) -> None:
@@ -103,6 +116,12 @@ def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: L
         save_adapters(model, folder / f'{obj}.pth', {'untrained': True, 'flags': flag_values(args)})
 
 
+def in_process(script: ModuleType, argv: List[str]) -> Evaluation:
+    """Run a script's main; a failed write names the script's command line."""
+    with naming_command(f'python {script.__name__}.py {" ".join(argv)}'):
+        return script.main(argv)
+
+
 def run_object(obj: str, args: argparse.Namespace, model_flags: List[str]) -> List[Row]:
     few_flags = model_flags + ['--obj', obj, '--shot', str(SHOT), '--iterate', '0',
                                '--fewshot_seed_dir', str(args.data_path / 'fewshot_seed')]
@@ -113,10 +132,10 @@ def run_object(obj: str, args: argparse.Namespace, model_flags: List[str]) -> Li
                                         ('zero-shot', train_zero, test_zero, zero_flags)):
         print(f'\n=== {obj}, {setting}: training {args.epoch} epoch(s), then testing ===')
         save_path = ['--save_path', str(args.ckpt_path / setting)]
-        train.main(flags + save_path + ['--epoch', str(args.epoch), '--selection', args.selection])
-        trained = test.main(flags + save_path + ['--save_vis', str(args.out / setting)])
+        in_process(train, flags + save_path + ['--epoch', str(args.epoch), '--selection', args.selection])
+        trained = in_process(test, flags + save_path + ['--save_vis', str(args.out / setting)])
         print(f'--- {obj}, {setting}: the untrained adapters ---')
-        rows.append(Row(obj, setting, trained, test.main(flags + untrained)))
+        rows.append(Row(obj, setting, trained, in_process(test, flags + untrained)))
     return rows
 
 
@@ -146,6 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     args = parse_args(argv)
     from mvfa.session import check_image_size  # after parsing: --help answers without loading torch
     check_image_size(TINY, args.img_size)  # before the data is written
+    places = [Output('--ckpt_path', args.ckpt_path), Output('--out', args.out)]
+    if not data_is_ready(args.data_path, data_settings(args.size, args.n_test)):
+        places.insert(0, Output('--data_path', args.data_path))
+    check_outputs(places)
     prepare_data(args.data_path, args.size, args.n_test)
     model_flags = TINY_MODEL + ['--data_path', str(args.data_path), '--img_size', str(args.img_size),
                                 '--seed', str(args.seed)]

@@ -43,6 +43,8 @@ from typing import Dict, List, Optional
 
 from mvfa.cli import add_model_arguments, add_scan_arguments, run
 from mvfa.flags import MODEL_FLAGS, FlagError, FlagParser
+from mvfa.outputs import FILE, Output, check_outputs
+
 
 def build_parser() -> FlagParser:
     p = FlagParser(description=__doc__)
@@ -70,6 +72,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = arguments.parse_args(argv)
     if not args.inputs + args.input_paths:
         raise FlagError('no images to score: name files or folders after the flags (or after --), or with --input')
+    check_outputs([Output('--out', args.out), Output('--out', args.out / 'heatmaps'),
+                   Output('--out', args.out / 'scores.csv', FILE), Output('--out', args.out / 'scores.json', FILE)])
     # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
     from mvfa.prediction import predict
     return predict(args, arguments.given(argv, MODEL_FLAGS))

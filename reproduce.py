@@ -16,7 +16,6 @@ shots, tsne or level_maps, into <results_dir>/<study>/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_argu
 from mvfa.config import PAPER
 from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NORMALISATION_HELP, PASS_THROUGH,
                         TRAINING_RUNS, FlagError, FlagParser, flag_text)
+from mvfa.outputs import FILE, Output, atomic_write, check_outputs, naming_command
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
-from mvfa.studies import STUDIES, STUDY_HELP
+from mvfa.studies import STUDIES, STUDY_HELP, write_csv
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -207,9 +207,19 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
         validate_object(data_path, obj, shot=shot, iterate=iterate, seed_dir=seed_dir, decode=False)
 
 
+def run_outputs(runs: List[Run], args: argparse.Namespace) -> List[Output]:
+    """Where the runs write: each one's results file and (training) checkpoint folder."""
+    places = [Output('--results_dir', task.results_path(args.results_dir), FILE) for task in runs]
+    if not args.skip_train:
+        places += [Output('--ckpt_dir', task.save_path(args.ckpt_dir)) for task in runs]
+    return places
+
+
 def plan_and_run(variants: List[argparse.Namespace]) -> List[Tuple[List[Run], List[Dict]]]:
     """The runs and results records of each set of flags, every run checked before the first starts."""
     plans = [plan(args) for args in variants]
+    for runs, args in zip(plans, variants):
+        check_outputs(run_outputs(runs, args))
     for runs, args in zip(plans, variants):
         check_runs(runs, args)
     return [(runs, [execute(task, args) for task in runs]) for runs, args in zip(plans, variants)]
@@ -221,7 +231,9 @@ def execute(task: Run, args: argparse.Namespace) -> Dict:
     argv = script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
     print(f'== {task.setting} {task.obj} {task.shot}-shot {task.draw} ({task.normalisation} normalisation): '
           f'{" ".join(argv)}', flush=True)
-    SCRIPTS[task.setting, task.trains(args)](argv)
+    script = SCRIPTS[task.setting, task.trains(args)]
+    with naming_command(f'python {script.__module__}.py {" ".join(argv)}'):
+        script(argv)
     return json.loads(task.results_path(args.results_dir).read_text(encoding='utf-8'))
 
 
@@ -408,13 +420,8 @@ def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
 
 def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> None:
     """summary.md opens with how the numbers were made; summary.csv's rows open with it."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / 'summary.md').write_text(markdown(rows, made), encoding='utf-8')
-    described = [{**made, **row} for row in rows]
-    with open(results_dir / 'summary.csv', 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
-        writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
+    atomic_write(results_dir / 'summary.md', markdown(rows, made))
+    write_csv(results_dir / 'summary.csv', made, rows)
     print(f'summary written to {results_dir / "summary.md"} and {results_dir / "summary.csv"}')
 
 
@@ -426,7 +433,6 @@ def run_study(args: argparse.Namespace) -> List[Dict]:
                 for variant, (runs, records) in zip(variants, plan_and_run([variant.args for variant in variants]))]
     made = made_with([record for _, _, records in outcomes for record in records])
     out = args.results_dir / args.study
-    out.mkdir(parents=True, exist_ok=True)
     rows = study.write(args.study, outcomes, made, made_with_text(made), out)
     print((out / 'summary.md').read_text(encoding='utf-8'))
     print(f'{args.study} study written to {out}')
@@ -435,6 +441,8 @@ def run_study(args: argparse.Namespace) -> List[Dict]:
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
+    check_outputs([Output('--results_dir', args.results_dir)]
+                  + ([] if args.skip_train else [Output('--ckpt_dir', args.ckpt_dir)]))
     if args.study is not None:
         return run_study(args)
     (runs, records), = plan_and_run([args])

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run
+from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
 from mvfa.flags import MODEL_FLAGS
+from mvfa.outputs import check_outputs
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -21,6 +22,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     # Normal-only runs read the zero-shot adapters, trained without any image of the target object.
     if args.save_path is None:
         args.save_path = ZERO_SHOT_CHECKPOINTS if args.normal_only else FEW_SHOT_CHECKPOINTS
+    check_outputs(script_outputs(args))
     # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
     from mvfa.few_shot import few_shot_test
     return few_shot_test(args, arguments.given(argv, MODEL_FLAGS))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, parser, run
+from mvfa.cli import FEW_SHOT_CHECKPOINTS, parser, run, script_outputs
 from mvfa.config import PAPER
+from mvfa.outputs import check_outputs
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -19,6 +20,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     args = parser(__doc__, obj='Liver', save_path=FEW_SHOT_CHECKPOINTS, few_shot=True, training=True,
                   learning_rate=PAPER.few_shot_learning_rate,
                   example='python train_few.py --obj Brain --shot 4 --iterate 0').parse_args(argv)
+    check_outputs(script_outputs(args))
     # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
     from mvfa.few_shot import few_shot_training
     return few_shot_training(args)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run
+from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
 from mvfa.config import PAPER
+from mvfa.outputs import check_outputs
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -19,6 +20,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     args = parser(__doc__, obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS,
                   few_shot=False, training=True, learning_rate=PAPER.zero_shot_learning_rate,
                   example='python train_zero.py --obj Brain').parse_args(argv)
+    check_outputs(script_outputs(args))
     # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
     from mvfa.zero_shot import zero_shot_training
     return zero_shot_training(args)

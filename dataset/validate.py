@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -70,11 +70,17 @@ def validate_object(data_path: str | Path, obj: str, img_size: Optional[int] = N
     files = list(dict.fromkeys((record.image, record.mask) for record in records))
     if not decode:
         return len(files)
+    return decode_all(files, f'{obj} data')
+
+
+def decode_all(files: Sequence[ImageAndMask], what: str) -> int:
+    """Decode every image and its mask (None: none), checking their sizes agree; the first problem raises
+    DataError. Returns how many files were decoded."""
     # Decoding is mostly outside the GIL, so threads help; map keeps the files' order for the first error,
     # after which the files not yet started are dropped.
     pool = ThreadPoolExecutor()
     try:
-        for _ in tqdm(pool.map(_check_pair, files), total=len(files), desc=f'checking {obj} data',
+        for _ in tqdm(pool.map(_check_pair, files), total=len(files), desc=f'checking {what}',
                       leave=False, disable=len(files) <= PROGRESS_FROM):
             pass
     finally:

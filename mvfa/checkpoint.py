@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Set
 
@@ -13,17 +13,13 @@ import torch
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from mvfa.errors import UserError
 from mvfa.flags import MODEL_FLAGS, flag_text
+from mvfa.outputs import atomic_write_all, sidecar_path
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
 
 
 class CheckpointError(UserError):
     """A checkpoint is missing or does not fit the model; the message says how to fix it."""
-
-
-def sidecar_path(path: Path) -> Path:
-    """The JSON beside a checkpoint that records how it was made."""
-    return Path(path).with_suffix('.json')
 
 
 def read_sidecar(path: Path) -> Optional[Dict]:
@@ -54,27 +50,21 @@ def adopt_model_flags(args: argparse.Namespace, given: Set[str], checkpoint: Pat
     return made
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+def torch_bytes(state: Dict) -> bytes:
+    """`state` as torch.save writes it, in memory: written to disk by `atomic_write`, a full disk is an
+    OSError there (torch.save writing a file itself reports it as a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def save_adapters(model: MultiLevelAdaptedCLIP, path: str | Path, metadata: Optional[Dict] = None) -> None:
-    """Save the adapters (and, if given, a JSON sidecar of how they were made) atomically."""
+    """Save the adapters (and, if given, a JSON sidecar of how they were made) atomically, both together."""
     path = Path(path)
-    state = {key: getattr(model, key).state_dict() for key in ADAPTER_KEYS}
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    files = {path: torch_bytes({key: getattr(model, key).state_dict() for key in ADAPTER_KEYS})}
     if metadata is not None:
-        text = json.dumps(metadata, indent=2, default=str)
-        atomic_write(sidecar_path(path), lambda temporary: Path(temporary).write_text(text, encoding='utf-8'))
+        files[sidecar_path(path)] = json.dumps(metadata, indent=2, default=str)
+    atomic_write_all(files)
 
 
 def keep_previous(path: Path) -> None:

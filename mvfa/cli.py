@@ -10,6 +10,7 @@ from typing import Callable, List, Optional
 from mvfa.config import PAPER
 from mvfa.errors import UserError
 from mvfa.flags import MODEL_FLAGS, FlagParser
+from mvfa.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
 
 # The test scripts' default --save_path: where the README puts the authors' released checkpoints.
 FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS = './ckpt/few-shot/', './ckpt/zero-shot/'
@@ -64,6 +65,21 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
         for flag in ('--epoch', '--learning_rate', '--save_model'):
             p.add_argument(flag, type=float, help=argparse.SUPPRESS)
     return p
+
+
+def script_outputs(args: argparse.Namespace) -> List[Output]:
+    """The places train_*.py and test_*.py write, for `check_outputs` before they read any data: the
+    checkpoint folder with the checkpoint, its sidecar and the resume state (training), the results
+    file and the heatmap folder."""
+    places = [] if args.results is None else [Output('--results', args.results, FILE)]
+    if getattr(args, 'save_vis', None) is not None:
+        places.append(Output('--save_vis', args.save_vis))
+    if hasattr(args, 'resume'):  # a training run
+        checkpoint = checkpoint_path(args)
+        places += [Output('--save_path', Path(args.save_path)), Output('--save_path', resume_path(checkpoint), FILE)]
+        if args.save_model == 1:
+            places += [Output('--save_path', checkpoint, FILE), Output('--save_path', sidecar_path(checkpoint), FILE)]
+    return places
 
 
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:

@@ -19,10 +19,11 @@ from mvfa.evaluation import Evaluation, evaluate
 from mvfa.inductive import Inductive
 from mvfa.memory_bank import build_memory_bank
 from mvfa.prediction import Reference
+from mvfa.outputs import WriteFailed, checkpoint_path, resume_path
 from mvfa.results import write_results
-from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
+from mvfa.resume import how_to_resume, load_resume_state, save_resume_state
 from mvfa.selection import ModelSelection, selection_loader
-from mvfa.session import Interrupted, Session, checkpoint_path, finish_training, report_epoch
+from mvfa.session import Interrupted, Session, finish_training, report_epoch, write_failed
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, frozen_streams, train_step
 from mvfa.visualize import save_evaluation_heatmaps
 from utils import augment
@@ -78,10 +79,12 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
                     print('Best result')
             save_resume_state(resume_file, model, optimizers, epoch, selection, args)
             saved_epoch = epoch
+        return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader),
+                               f'epoch {args.epoch - 1}', data.images, data.support_images)
     except KeyboardInterrupt:
         raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
-    return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader), f'epoch {args.epoch - 1}',
-                           data.images, data.support_images)
+    except WriteFailed as error:
+        raise write_failed(error, selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
 
 
 def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:

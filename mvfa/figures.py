@@ -32,6 +32,7 @@ from mvfa import plots
 from mvfa.evaluation import evaluate
 from mvfa.memory_bank import MemoryBank, build_memory_bank
 from mvfa.metrics import auroc
+from mvfa.outputs import atomic_write
 from mvfa.scoring import patch_tokens
 from mvfa.session import Session
 from utils import augment
@@ -134,7 +135,7 @@ def tsne(records: List[Dict], out: Path) -> Tuple[List[Dict], str]:
         rows.append({'object': run.obj, 'images': len(labels), 'abnormal': int(labels.sum()),
                      'separation_before': separation(before, labels), 'separation_after': separation(after, labels)})
     plots.tsne_panels(out / 'tsne.png', panels)
-    pandas.DataFrame(points).to_csv(out / 'embedding.csv', index=False)
+    atomic_write(out / 'embedding.csv', pandas.DataFrame(points).to_csv(index=False))
     notes = ('Image feature: at each adapted block the patch tokens in the joint image-text space, L2-normalised, '
              'averaged over patches and levels; before: CLIP\'s own projection of the frozen stream, after: the '
              'det adapters (see mvfa/figures.py). Separation: silhouette score (cosine) of normal vs abnormal in '

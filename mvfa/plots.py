@@ -5,10 +5,13 @@ module, and `reproduce.py --help`, stays fast.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from mvfa.outputs import atomic_write
 
 DPI = 150
 CLASS_COLOURS = (('normal', 'tab:blue'), ('abnormal', 'tab:red'))  # label 0, label 1
@@ -26,9 +29,11 @@ def pyplot():
 
 
 def save(figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches='tight')
+    """The figure as a PNG, written whole (`atomic_write`)."""
+    png = io.BytesIO()
+    figure.savefig(png, format='png', dpi=DPI, bbox_inches='tight')
     pyplot().close(figure)
+    atomic_write(path, png.getvalue())
 
 
 def shot_curve(path: Path, shots: Sequence[int], ours: Dict[str, List[MeanStd]],

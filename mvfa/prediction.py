@@ -4,7 +4,6 @@ predict.py's docstring says what the scores mean."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -19,10 +18,12 @@ from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import DataError, image_transform, open_image
+from dataset.validate import decode_all
 from dataset.volumes import Scan
 from mvfa import scoring
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
+from mvfa.outputs import atomic_write_all, csv_text
 from mvfa.scan_inputs import InputImage, find_inputs
 from mvfa.scan_maps import VolumeMaps
 from mvfa.session import Session
@@ -195,6 +196,10 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     adopt_model_flags(args, given_model_flags, args.checkpoint)
     inputs, scans = find_inputs(args.inputs + args.input_paths, 'input', args)
     references = find_inputs(args.reference, 'reference', args)[0] if args.reference else None
+    # Every image file decoded (every scan was read) before the model is built and anything written: a bad
+    # file costs seconds, no output.
+    image_files = dict.fromkeys(image.path for image in inputs + (references or []) if image.scan is None)
+    decode_all([(path, None) for path in image_files], 'the images')
     session = Session(args)
     model = session.load_model(args.checkpoint)
     text_features = session.text_features(args.obj)
@@ -204,7 +209,6 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
                               args.batch_size)
 
     heatmaps = heatmap_paths([image.name for image in inputs], args.out / 'heatmaps')
-    heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     ticks = colour_scale(calibrated=reference is not None)
@@ -240,10 +244,6 @@ def scan_records(args: argparse.Namespace, scans: Sequence[Scan], volumes: List[
 
 def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional[Reference],
                  references: Optional[List[InputImage]], scans: Sequence[Dict] = ()) -> None:
-    with open(args.out / 'scores.csv', 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in rows)
     record = {
         'mode': 'zero-shot' if reference is None else 'zero-shot + few-shot (reference memory bank)',
         'score': ('zero-shot abnormal probability in [0, 1], uncalibrated' if reference is None else
@@ -255,6 +255,7 @@ def write_scores(args: argparse.Namespace, rows: List[Dict], reference: Optional
         'images': rows,
         'scans': list(scans),
     }
-    (args.out / 'scores.json').write_text(json.dumps(record, indent=2), encoding='utf-8')
+    atomic_write_all({args.out / 'scores.csv': csv_text(rows, CSV_COLUMNS),
+                      args.out / 'scores.json': json.dumps(record, indent=2)})
     print(f'{len(rows)} images scored: {args.out / "scores.csv"}, {args.out / "scores.json"}, '
           f'{args.out / "heatmaps"}/')

@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence
 from mvfa import intervals
 from mvfa.evaluation import Evaluation
 from mvfa.metrics import image_metrics, pixel_metrics
+from mvfa.outputs import atomic_write
 
 
 def flag_values(args: argparse.Namespace) -> Dict:
@@ -79,7 +80,5 @@ def write_results(args: argparse.Namespace, setting: str, evaluation: Evaluation
     """Write the `--results` file, if one was asked for: only then are AP, F1-max and AUPRO computed."""
     if args.results is None:
         return
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    record = results_record(args, setting, evaluation, made)
-    args.results.write_text(json.dumps(record, indent=2), encoding='utf-8')
+    atomic_write(args.results, json.dumps(results_record(args, setting, evaluation, made), indent=2))
     print(f'results written to {args.results}')

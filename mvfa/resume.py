@@ -19,20 +19,16 @@ import numpy as np
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, atomic_write, load_adapters
+from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, torch_bytes
 from mvfa.evaluation import Evaluation
 from mvfa.flags import TRAINING_FLAGS, flag_text
+from mvfa.outputs import atomic_write
 from mvfa.results import flag_values
 from mvfa.selection import ModelSelection
 from mvfa.training import AdapterOptimizers
 
 # Per-pixel arrays of an evaluation, left out of the resume state for their size.
 PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
-
-
-def resume_path(checkpoint: Path) -> Path:
-    """`<Obj>.resume.pt` beside the `<Obj>.pth` checkpoint."""
-    return Path(checkpoint).with_suffix('.resume.pt')
 
 
 def _training_flags(args: argparse.Namespace) -> Dict:
@@ -88,7 +84,7 @@ def save_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: Adap
                  selection={'evaluation': _evaluation_to_tensors(selection.evaluation), 'step': selection.step,
                             'state': selection.state},
                  rng=_rng_states(shuffler), flags=_training_flags(args))
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    atomic_write(path, torch_bytes(state))
 
 
 def load_resume_state(path: Path, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from dataset.volumes import AXES, Scan, from_canonical, image_plane, stem
-from mvfa.checkpoint import atomic_write
+from mvfa.outputs import atomic_write
 from mvfa.scan_inputs import InputImage
 
 # NIfTI-1's description field holds 80 bytes.
@@ -45,7 +45,7 @@ def map_image(scan: Scan, data: np.ndarray) -> nib.Nifti1Image:
 def write_map(path: Path, scan: Scan, data: np.ndarray) -> None:
     """`map_image` to a .nii.gz file, written atomically."""
     image = map_image(scan, data)
-    atomic_write(path, lambda temporary: Path(temporary).write_bytes(gzip.compress(image.to_bytes())))
+    atomic_write(path, gzip.compress(image.to_bytes()))
 
 
 class VolumeMaps:

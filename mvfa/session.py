@@ -17,6 +17,7 @@ from dataset.bmad import DataError
 from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
 from mvfa.flags import FlagError
+from mvfa.outputs import WriteFailed, checkpoint_path
 from mvfa.results import Provenance, flag_values, write_results
 from mvfa.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
@@ -59,10 +60,6 @@ def check_image_size(model_name: str, img_size: int, config: Optional[Dict] = No
     if img_size < patch:
         raise FlagError(f'--img_size must be at least the patch size of {model_name} ({patch} px), got {img_size}')
 
-
-def checkpoint_path(args: argparse.Namespace) -> Path:
-    """The adapters of --obj under --save_path."""
-    return Path(args.save_path) / f'{args.obj}.pth'
 
 
 def check_model_flags(args: argparse.Namespace) -> None:
@@ -147,12 +144,25 @@ def finish_training(session: Session, setting: str, selection: ModelSelection, m
     return result
 
 
+def _checkpoint_kept(selection: ModelSelection, checkpoint: Path) -> bool:
+    # A checkpoint at the path is this run's: a new run moves an earlier one aside (`keep_previous`).
+    return selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says what was kept, `how_to_resume` how to go on (if one can)."""
 
     def __init__(self, selection: ModelSelection, checkpoint: Path, how_to_resume: Optional[str] = None) -> None:
-        kept = selection.save is not None and selection.evaluation is not None and checkpoint.is_file()
+        kept = _checkpoint_kept(selection, checkpoint)
         super().__init__(f'the best checkpoint so far is intact at {checkpoint}' if kept
                          else 'no checkpoint was saved yet')
         self.how_to_resume = how_to_resume
 
+
+def write_failed(error: WriteFailed, selection: ModelSelection, checkpoint: Path,
+                 how_to_resume: Optional[str]) -> WriteFailed:
+    """A write that failed during training, its message saying what was kept and how to go on: the
+    atomic writes leave the last checkpoint, resume state and results file whole."""
+    kept = (f'the last checkpoint saved is intact at {checkpoint}' if _checkpoint_kept(selection, checkpoint)
+            else 'no checkpoint was saved')
+    return error.noting(kept, how_to_resume or 'no epoch was finished: the same command starts again')

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from dataset.layouts import BMAD, detect_layout
 from mvfa.flags import DATA_PATH
+from mvfa.outputs import atomic_write, csv_text
 from mvfa.paper_results import PAPER_NAMES, published
 
 LEVELS = ('image', 'pixel')
@@ -278,10 +278,7 @@ def auroc_markdown(study: str, rows: List[Dict], made_with: str) -> str:
 def write_csv(path: Path, made: Dict[str, str], rows: List[Dict]) -> None:
     """Every row opens with how the numbers were made, as reproduce.py's summary.csv."""
     described = [{**made, **row} for row in rows]
-    with open(path, 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(described[0]))
-        writer.writeheader()
-        writer.writerows({key: '' if value is None else value for key, value in row.items()} for row in described)
+    atomic_write(path, csv_text(described, list(described[0])))
 
 
 def shot_curve(rows: List[Dict], out: Path) -> None:
@@ -306,7 +303,7 @@ def write_auroc_study(study: str, outcomes: List[Outcome], made: Dict[str, str],
                       out: Path) -> List[Dict]:
     rows = [row for variant, runs, records in outcomes for row in variant_rows(variant, runs, records)]
     add_paired_differences(study, outcomes, rows)
-    (out / 'summary.md').write_text(auroc_markdown(study, rows, made_with), encoding='utf-8')
+    atomic_write(out / 'summary.md', auroc_markdown(study, rows, made_with))
     write_csv(out / 'summary.csv', made, rows)
     if study == 'shots':
         shot_curve(rows, out / 'shot_curve.png')
@@ -324,7 +321,7 @@ def write_figure_study(study: str, outcomes: List[Outcome], made: Dict[str, str]
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(cell(v) if isinstance(v, float) else str(v) for v in row.values()) + ' |'
               for row in rows]
-    (out / 'summary.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    atomic_write(out / 'summary.md', '\n'.join(lines) + '\n')
     write_csv(out / 'summary.csv', made, rows)
     return rows
 

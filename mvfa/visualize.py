@@ -16,6 +16,7 @@ from dataset.bmad import load_image
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
 from mvfa.config import PAPER
 from mvfa.evaluation import Evaluation
+from mvfa.outputs import atomic_write
 
 # Share of the JET-coloured map in the overlay; the rest is the input image, so anatomy stays visible.
 MAP_ALPHA = 0.5
@@ -101,8 +102,9 @@ def panel(image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray]
 
 def write_panel(path: Path, image: np.ndarray, anomaly_map: np.ndarray, mask: Optional[np.ndarray] = None,
                 ticks: Optional[Sequence[Tick]] = None) -> None:
-    """`panel` as a PNG file; `image` (H, W, 3) RGB bytes."""
-    cv2.imwrite(str(path), cv2.cvtColor(panel(image, anomaly_map, mask, ticks), cv2.COLOR_RGB2BGR))  # cv2 writes BGR
+    """`panel` as a PNG file, written whole (`atomic_write`); `image` (H, W, 3) RGB bytes."""
+    _, png = cv2.imencode('.png', cv2.cvtColor(panel(image, anomaly_map, mask, ticks), cv2.COLOR_RGB2BGR))  # BGR
+    atomic_write(path, png.tobytes())
 
 
 def heatmap_name(obj: str, label: int, score: float, source: Path) -> str:
@@ -124,7 +126,6 @@ def save_heatmaps(out_dir: str | Path, obj: str, image_paths: Sequence[Path], ma
         raise ValueError(f'maps are {maps.shape[1]}x{maps.shape[2]}, img_size is {img_size}: '
                          "pass the run's --img_size")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for index, source in enumerate(image_paths):
         image = to_uint8(load_image(Path(source), img_size).permute(1, 2, 0).numpy())

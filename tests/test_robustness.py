@@ -1,6 +1,7 @@
 """Bad input gets one clear line and exit status 2 before any model is built; long runs never lose work."""
 from __future__ import annotations
 
+import errno
 import random
 import shutil
 import urllib.error
@@ -25,8 +26,9 @@ from dataset.bmad import load_image, load_mask
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
 from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, read_sidecar, save_adapters
-from mvfa import few_shot, zero_shot
+from mvfa import few_shot, outputs, zero_shot
 from mvfa.cli import run
+from mvfa.outputs import WriteFailed
 from loss import MVFALoss
 from mvfa.training import AdapterOptimizers, train_step
 
@@ -227,23 +229,26 @@ def adapted(tiny_clip) -> MultiLevelAdaptedCLIP:
     return MultiLevelAdaptedCLIP(tiny_clip, FEATURES)
 
 
-@pytest.mark.parametrize('failure', [OSError('No space left on device'), KeyboardInterrupt()])
-def test_a_failed_save_leaves_the_previous_checkpoint_intact(failure, adapted, tmp_path, monkeypatch):
+@pytest.mark.parametrize('failure, raised', [(OSError(errno.ENOSPC, 'No space left on device'), WriteFailed),
+                                             (KeyboardInterrupt(), KeyboardInterrupt)])
+def test_a_failed_save_leaves_the_previous_checkpoint_and_sidecar_intact(failure, raised, adapted, tmp_path,
+                                                                          monkeypatch):
+    """The sidecar's write fails half-way, after the checkpoint's: neither file is replaced, no temporary stays."""
     path = tmp_path / 'Liver.pth'
-    save_adapters(adapted, path)
-    before = path.read_bytes()
+    save_adapters(adapted, path, {'step': 'epoch 0'})
+    before = {name: (tmp_path / name).read_bytes() for name in ('Liver.pth', 'Liver.json')}
     torch.nn.init.ones_(adapted.det_adapters[0].fc1[0].weight)
-    real_save = torch.save
+    real_write = outputs.write_whole
 
-    def save_half_then_fail(state, target):
-        real_save(state, target)
-        Path(target).write_bytes(Path(target).read_bytes()[:100])
-        raise failure
-    monkeypatch.setattr(torch, 'save', save_half_then_fail)
-    with pytest.raises(type(failure)):
-        save_adapters(adapted, path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ['Liver.pth']  # no temporary file left behind
+    def write_half_then_fail(target, data):
+        if target.name.startswith('.Liver.json.'):
+            real_write(target, data[:len(data) // 2])
+            raise failure
+        real_write(target, data)
+    monkeypatch.setattr(outputs, 'write_whole', write_half_then_fail)
+    with pytest.raises(raised):
+        save_adapters(adapted, path, {'step': 'epoch 1'})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left behind
 
 
 def test_a_checkpoint_with_other_levels_names_the_flag(adapted, tiny_clip, tmp_path):
