@@ -37,8 +37,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from dataset.layouts import find_images
 from mvfa.cli import MODEL_FLAGS, add_model_arguments, run
 from mvfa.flags import FlagError, FlagParser
+from mvfa.sidecar import adopt_sidecar_flags, check_checkpoint_exists
 
 def build_parser() -> FlagParser:
     p = FlagParser(description=__doc__)
@@ -64,9 +66,13 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = arguments.parse_args(argv)
     if not args.inputs + args.input_paths:
         raise FlagError('no images to score: name files or folders after the flags (or after --), or with --input')
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    adopt_sidecar_flags(args, arguments.given(argv, MODEL_FLAGS), args.checkpoint)
+    inputs = find_images(args.inputs + args.input_paths, 'input')
+    references = find_images(args.reference, 'reference') if args.reference else None
+    check_checkpoint_exists(args.checkpoint)
+    # Imported once the flags, image and checkpoint paths are checked: those answer without loading torch.
     from mvfa.prediction import predict
-    return predict(args, arguments.given(argv, MODEL_FLAGS))
+    return predict(args, inputs, references)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from mvfa.cli import MODEL_FLAGS, ZERO_SHOT_CHECKPOINTS, parser, run
+from dataset.validate import validate_object
+from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run
+from mvfa.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, checkpoint_path, refuse_few_shot_adapters
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -13,9 +15,14 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     arguments = parser(__doc__, obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS, few_shot=False,
                        training=False, example='python test_zero.py --obj Brain')
     args = arguments.parse_args(argv)
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    checkpoint = checkpoint_path(args)
+    made = adopt_sidecar_flags(args, arguments.given(argv, SIDECAR_FLAGS), checkpoint)
+    refuse_few_shot_adapters(made, checkpoint, 'test_zero.py', 'train_zero.py trains them; test_few.py tests these')
+    validate_object(args.data_path, args.obj, decode=False)
+    check_checkpoint_exists(checkpoint)
+    # Imported once the flags, checkpoint and data paths are checked: those answer without loading torch.
     from mvfa.zero_shot import zero_shot_test
-    return zero_shot_test(args, arguments.given(argv, MODEL_FLAGS))
+    return zero_shot_test(args, made)
 
 
 if __name__ == '__main__':

@@ -9,28 +9,18 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from .layouts import IMAGE_SUFFIXES, DataError, Record, detect_layout
+from .layouts import IMAGE_SUFFIXES, DataError, Record, detect_layout, read_image
 
 # PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
 HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
 
 __all__ = ['DataError', 'IMAGE_SUFFIXES', 'MedTestDataset', 'ValidationSet', 'load_image', 'load_mask', 'open_image',
            'read_image']
-
-
-def read_image(path: Path) -> Image.Image:
-    """An image file decoded as stored; a file that does not decode is named."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(f'cannot read image {path} ({error}): replace or remove the file') from None
-    return image
 
 
 def open_image(path: Path) -> Image.Image:

@@ -21,7 +21,9 @@ import csv
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image, UnidentifiedImageError
 
 from mvfa.errors import UserError
 
@@ -55,6 +57,31 @@ def list_images(folder: Path) -> List[Path]:
     if not images:
         raise DataError(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     return images
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image file decoded as stored; a file that does not decode is named."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f'cannot read image {path} ({error}): replace or remove the file') from None
+    return image
+
+
+def find_images(paths: Sequence[Path], what: str) -> List[Path]:
+    """Image files named directly or found under folders (recursively), in a stable order."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f'{what} {path} does not exist')
+    if not found:
+        raise DataError(f'no {what} images ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(map(str, paths))}')
+    return found
 
 
 def _existing_mask(image: Path, mask: Path, rule: str) -> Path:

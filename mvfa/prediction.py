@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
-from dataset.bmad import IMAGE_SUFFIXES, DataError, load_image, open_image
+from dataset.bmad import DataError, load_image, open_image
 from mvfa import scoring
-from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session
 from mvfa.visualize import Tick, at_image_size, write_panel
@@ -33,21 +32,6 @@ MIN_SPREAD = 1e-6
 # Heatmap colour scale with references: full red this many reference standard deviations above normal.
 HEATMAP_FULL_SCALE = 4.0
 CSV_COLUMNS = ('path', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
-
-
-def find_images(paths: Sequence[Path], what: str) -> List[Path]:
-    """Image files named directly or found under folders (recursively), in a stable order."""
-    found: List[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f'{what} {path} does not exist')
-    if not found:
-        raise DataError(f'no {what} images ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(map(str, paths))}')
-    return found
 
 
 class ImageFiles(Dataset):
@@ -68,6 +52,12 @@ class Parts:
     zero_map: Tensor
     few: Optional[Tensor] = None
     few_map: Optional[Tensor] = None
+
+    @torch.inference_mode()  # the parts are inference tensors
+    def put(self, index: int, other: 'Parts') -> None:
+        """Replace image `index` of this batch with the one image of `other`."""
+        for name in ('zero', 'zero_map', 'few', 'few_map'):
+            getattr(self, name)[index] = getattr(other, name)[0]
 
 
 @dataclass
@@ -162,14 +152,17 @@ class Reference:
         banks = [build_memory_bank(model, augment(image[None])[0], batch_size) for image in images]
         self.banks = ReferenceBanks([list(level) for level in zip(*(b.seg for b in banks))],
                                     [list(level) for level in zip(*(b.det for b in banks))])
-        parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
-                 for i in tqdm(range(len(images)), desc='references', leave=False)]
+        # Each reference's parts against the banks of the others: the values the calibration is made of, and
+        # the scores of an input that is one of the references (against its own copies it would score far below
+        # every normal image).
+        self.parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
+                      for i in tqdm(range(len(images)), desc='references', leave=False)]
         self.calibration = Calibration(
             references=len(images),
             zero_shot_weight=model.config.zero_shot_weight, few_shot_weight=model.config.few_shot_weight,
-            zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
-            zero_map=Spread.of(torch.cat([p.zero_map for p in parts])),
-            few_map=Spread.of(torch.cat([p.few_map for p in parts])))
+            zero=Spread.of(torch.cat([p.zero for p in self.parts])), few=Spread.of(torch.cat([p.few for p in self.parts])),
+            zero_map=Spread.of(torch.cat([p.zero_map for p in self.parts])),
+            few_map=Spread.of(torch.cat([p.few_map for p in self.parts])))
 
 
 def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
@@ -197,12 +190,15 @@ def write_heatmap(path: Path, source: Path, heatmap: Tensor, ticks: Sequence[Tic
     write_panel(path, image, anomaly_map, ticks=ticks)
 
 
-def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]:
-    """Score the inputs; returns the rows written to scores.csv / scores.json. Model flags not in
-    `given_model_flags` are taken from the checkpoint's sidecar."""
-    adopt_model_flags(args, given_model_flags, args.checkpoint)
-    inputs = find_images(args.inputs + args.input_paths, 'input')
-    references = find_images(args.reference, 'reference') if args.reference else None
+def references_among(inputs: Sequence[Path], references: Sequence[Path]) -> Dict[int, int]:
+    """{input index: reference index} of the inputs that are reference files (the same file, by resolved path)."""
+    by_file = {path.resolve(): index for index, path in enumerate(references)}
+    return {index: by_file[path.resolve()] for index, path in enumerate(inputs) if path.resolve() in by_file}
+
+
+def predict(args: argparse.Namespace, inputs: List[Path], references: Optional[List[Path]]) -> List[Dict]:
+    """Score the image files `inputs` (against the normal `references`, if any); returns the rows written to
+    scores.csv / scores.json. `args` already holds the model flags of the checkpoint's sidecar."""
     session = Session(args)
     model = session.load_model(args.checkpoint)
     text_features = session.text_features(args.obj)
@@ -216,9 +212,16 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     ticks = colour_scale(calibrated=reference is not None)
+    reference_of = references_among(inputs, references or [])
+    if reference_of:
+        print(f'{len(reference_of)} of the inputs are references too: each is scored against the other references '
+              f'(leave-one-out), as the calibration scores it')
     rows: List[Dict] = []
     for images in tqdm(loader, desc='predict'):
         parts = score_parts(model, images, text_features, banks)
+        for i in range(len(images)):
+            if len(rows) + i in reference_of:
+                parts.put(i, reference.parts[reference_of[len(rows) + i]])
         if reference is None:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:

@@ -16,10 +16,12 @@ from CLIP.factory import check_image_size, load_model_config
 from dataset.bmad import DataError
 from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
+from mvfa.errors import Notice
 from mvfa.flags import FlagError
 from mvfa.results import Provenance, flag_values, write_results
 from mvfa.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.selection import ModelSelection
+from mvfa.sidecar import checkpoint_path
 from mvfa.training import EpochLosses
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
@@ -42,11 +44,6 @@ def build_model(args: argparse.Namespace, device: torch.device, precision: str,
     if adapters is not None:
         load_adapters(model, checkpoint, adapters)
     return model.to(device).set_precision(precision)
-
-
-def checkpoint_path(args: argparse.Namespace) -> Path:
-    """The adapters of --obj under --save_path."""
-    return Path(args.save_path) / f'{args.obj}.pth'
 
 
 def check_model_flags(args: argparse.Namespace) -> None:
@@ -116,7 +113,7 @@ def report_epoch(epoch: int, losses: EpochLosses) -> None:
     """Print an epoch's mean loss, warning about the steps skipped for a non-finite loss."""
     mean, skipped = losses.summary()
     if skipped:
-        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', stacklevel=2)
+        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', Notice)
     print(f'epoch {epoch}: loss {mean:.4f}')
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from typing import Set
+from typing import Dict, Optional
 
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -14,7 +14,6 @@ from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
 from dataset.objects import has_masks
 from dataset.validate import validate_leave_one_out, validate_object
 from loss import MVFALoss
-from mvfa.checkpoint import adopt_model_flags
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.results import write_results
 from mvfa.resume import how_to_resume, load_resume_state, resume_path, save_resume_state
@@ -74,11 +73,11 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
                            f'end of epoch {args.epoch - 1}', test_set.images)
 
 
-def zero_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:
-    """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; model flags
-    not in `given_model_flags` are taken from the checkpoint's sidecar."""
+def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
+    """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; `made`: the
+    checkpoint's sidecar (None: none), whose flags `args` already took."""
     checkpoint = checkpoint_path(args)
-    made = adopt_model_flags(args, given_model_flags, checkpoint) or {}
+    made = made or {}
     session = Session(args)
     validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
