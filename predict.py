@@ -24,7 +24,8 @@ What the score means:
   its distance to the bank of the *other* references (leave-one-out), as its own copies would
   give 0; so that images and references are measured alike, an image's few-shot part is its
   distance to a bank of k - 1 of the k references, averaged over the k ways of leaving one out
-  (per patch: ((k - 1) * nearest + second nearest reference) / k, one search of the whole bank).
+  (per patch: ((k - 1) * nearest + second nearest reference) / k, one search of the whole bank);
+  an input that is one of the references (the same file) is scored leave-one-out, as the calibration scores it.
   So 0 is a typical normal image and the unit is the spread among the references: a score of 3
   is three reference standard deviations above normal. The same references give the same
   scale, so scores compare across calls; more references give a steadier scale.
