@@ -28,9 +28,9 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     if args.normal_only:
         refuse_few_shot_adapters(made, checkpoint, '--normal_only', f'--save_path {ZERO_SHOT_CHECKPOINTS}')
     validate_object(args.data_path, args.obj, shot=args.shot, iterate=args.iterate, seed_dir=args.fewshot_seed_dir,
-                    normal_only=args.normal_only, decode=False)
+                    normal_only=args.normal_only)
     check_checkpoint_exists(checkpoint)
-    # Imported once the flags, checkpoint and data paths are checked: those answer without loading torch.
+    # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
     from mvfa.few_shot import few_shot_test
     return few_shot_test(args, made)
 

@@ -18,9 +18,9 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     checkpoint = checkpoint_path(args)
     made = adopt_sidecar_flags(args, arguments.given(argv, SIDECAR_FLAGS), checkpoint)
     refuse_few_shot_adapters(made, checkpoint, 'test_zero.py', 'train_zero.py trains them; test_few.py tests these')
-    validate_object(args.data_path, args.obj, decode=False)
+    validate_object(args.data_path, args.obj)
     check_checkpoint_exists(checkpoint)
-    # Imported once the flags, checkpoint and data paths are checked: those answer without loading torch.
+    # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
     from mvfa.zero_shot import zero_shot_test
     return zero_shot_test(args, made)
 

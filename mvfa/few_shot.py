@@ -82,12 +82,11 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
 
 def few_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
     """Score the test set with the adapters of <save_path>/<obj>.pth and a memory bank of the normal
-    support images; `made`: the checkpoint's sidecar (None: none), whose flags `args` already took."""
+    support images; `made`: the checkpoint's sidecar (None: none), whose flags `args` already took.
+    test_few.py has checked the data."""
     checkpoint = checkpoint_path(args)
     made = made or {}
     session = Session(args)
-    validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
-                    normal_only=args.normal_only)
     data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
                       normal_only=args.normal_only)
     model = session.load_model(checkpoint)

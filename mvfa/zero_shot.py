@@ -12,7 +12,7 @@ from tqdm import tqdm
 from dataset.bmad import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
 from dataset.objects import has_masks
-from dataset.validate import validate_leave_one_out, validate_object
+from dataset.validate import validate_leave_one_out
 from loss import MVFALoss
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.results import write_results
@@ -75,11 +75,10 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
 
 def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
     """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; `made`: the
-    checkpoint's sidecar (None: none), whose flags `args` already took."""
+    checkpoint's sidecar (None: none), whose flags `args` already took. test_zero.py has checked the data."""
     checkpoint = checkpoint_path(args)
     made = made or {}
     session = Session(args)
-    validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
     model = session.load_model(checkpoint)
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())
