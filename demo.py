@@ -4,7 +4,7 @@ For every object it trains and tests the adapters few-shot and zero-shot by call
 scripts in-process, scores the untrained adapters the same way, prints a table of both and writes
 heatmaps. It shows the pipeline runs and learns; it measures nothing about the paper.
 
-    python demo.py                               # all six objects, about 2.5 minutes on 2 CPU cores
+    python demo.py                               # all six objects, a few minutes on 2 CPU cores
     python demo.py --objects Brain Histopathology --epoch 3
 """
 from __future__ import annotations

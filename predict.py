@@ -28,7 +28,8 @@ What the score means:
   its distance to the bank of the *other* references (leave-one-out), as its own copies would
   give 0; so that images and references are measured alike, an image's few-shot part is its
   distance to a bank of k - 1 of the k references, averaged over the k ways of leaving one out
-  (per patch: ((k - 1) * nearest + second nearest reference) / k, one search of the whole bank).
+  (per patch: ((k - 1) * nearest + second nearest reference) / k, one search of the whole bank);
+  an input that is one of the references (the same file) is scored leave-one-out, as the calibration scores it.
   So 0 is a typical normal image and the unit is the spread among the references: a score of 3
   is three reference standard deviations above normal. The same references give the same
   scale, so scores compare across calls; more references give a steadier scale.
@@ -44,6 +45,9 @@ from typing import Dict, List, Optional
 from mvfa.cli import add_model_arguments, add_scan_arguments, run
 from mvfa.flags import MODEL_FLAGS, FlagError, FlagParser
 from mvfa.outputs import FILE, Output, check_outputs
+from dataset.validate import decode_all
+from mvfa.scan_inputs import find_inputs
+from mvfa.sidecar import adopt_sidecar_flags, check_checkpoint_exists
 
 
 def build_parser() -> FlagParser:
@@ -72,11 +76,18 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = arguments.parse_args(argv)
     if not args.inputs + args.input_paths:
         raise FlagError('no images to score: name files or folders after the flags (or after --), or with --input')
+    adopt_sidecar_flags(args, arguments.given(argv, MODEL_FLAGS), args.checkpoint)
     check_outputs([Output('--out', args.out), Output('--out', args.out / 'heatmaps'),
                    Output('--out', args.out / 'scores.csv', FILE), Output('--out', args.out / 'scores.json', FILE)])
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    # Every input read (scans) or decoded (image files) before the model is built and anything written.
+    inputs, scans = find_inputs(args.inputs + args.input_paths, 'input', args)
+    references = find_inputs(args.reference, 'reference', args)[0] if args.reference else None
+    image_files = dict.fromkeys(image.path for image in inputs + (references or []) if image.scan is None)
+    decode_all([(path, None) for path in image_files], 'the images')
+    check_checkpoint_exists(args.checkpoint)
+    # Imported once the flags, inputs and checkpoint path are checked: those answer without loading torch.
     from mvfa.prediction import predict
-    return predict(args, arguments.given(argv, MODEL_FLAGS))
+    return predict(args, inputs, scans, references)
 
 
 if __name__ == '__main__':

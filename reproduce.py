@@ -6,9 +6,10 @@ no numbers were published for them, so the table shows '–' in the paper's colu
 Runs train_zero.py / train_few.py (or, with --skip_train, test_zero.py / test_few.py on existing
 checkpoints) in-process, one results JSON per run under <results_dir>/<setting>/, then writes
 <results_dir>/summary.md and summary.csv: per object our AUROCs (mean ± std over draws) beside
-the published ones. For example, the paper's settings with three seed-list draws:
+the published ones. For example, the paper's settings on the authors' seed lists (which hold one draw,
+line 0, per k; `--random_draws 3` gives three seeded random draws instead):
 
-    python reproduce.py --obj all --settings zero-shot few-shot --shots 4 --iterates 0 1 2
+    python reproduce.py --obj all --settings zero-shot few-shot --shots 4 --iterates 0
 
 `--study NAME` runs one of the paper's other studies instead (mvfa/studies.py): projectors, levels,
 shots, tsne or level_maps, into <results_dir>/<study>/.
@@ -28,12 +29,14 @@ import train_few
 import train_zero
 from dataset.layouts import BMAD, DataError, detect_layout
 from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
+from dataset.validate import validate_object
 from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
 from mvfa.config import PAPER
 from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NORMALISATION_HELP, PASS_THROUGH,
                         TRAINING_RUNS, FlagError, FlagParser, flag_text)
 from mvfa.outputs import FILE, Output, atomic_write, check_outputs, naming_command
 from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
+from mvfa.sidecar import CheckpointError
 from mvfa.studies import STUDIES, STUDY_HELP, write_csv
 
 SETTINGS = ('zero-shot', 'few-shot')
@@ -178,9 +181,6 @@ def check_runs(runs: List[Run], args: argparse.Namespace) -> None:
     """Before the first run starts: every run's data folders, support set and seed list, and with
     --skip_train its checkpoint, so that a problem costs seconds instead of the runs before it
     (each script then checks its images in full)."""
-    # Imported here, not at the top: --help answers without loading torch.
-    from dataset.validate import validate_object
-    from mvfa.checkpoint import CheckpointError
     data_path, seed_dir = args.data_path or DATA_PATH, args.fewshot_seed_dir or DEFAULT_SEED_DIR
     layout = detect_layout(data_path)
     checks = set()

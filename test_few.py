@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from dataset.validate import validate_object
 from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.flags import MODEL_FLAGS
-from mvfa.outputs import check_outputs
+from mvfa.outputs import check_outputs, checkpoint_path
+from mvfa.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -23,9 +24,16 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     if args.save_path is None:
         args.save_path = ZERO_SHOT_CHECKPOINTS if args.normal_only else FEW_SHOT_CHECKPOINTS
     check_outputs(script_outputs(args))
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    checkpoint = checkpoint_path(args)
+    made = adopt_sidecar_flags(args, arguments.given(argv, SIDECAR_FLAGS), checkpoint)
+    if args.normal_only:
+        refuse_few_shot_adapters(made, checkpoint, '--normal_only', f'--save_path {ZERO_SHOT_CHECKPOINTS}')
+    validate_object(args.data_path, args.obj, shot=args.shot, iterate=args.iterate, seed_dir=args.fewshot_seed_dir,
+                    normal_only=args.normal_only)
+    check_checkpoint_exists(checkpoint)
+    # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
     from mvfa.few_shot import few_shot_test
-    return few_shot_test(args, arguments.given(argv, MODEL_FLAGS))
+    return few_shot_test(args, made)
 
 
 if __name__ == '__main__':

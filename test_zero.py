@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from dataset.validate import validate_object
 from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.flags import MODEL_FLAGS
-from mvfa.outputs import check_outputs
+from mvfa.outputs import check_outputs, checkpoint_path
+from mvfa.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
 if TYPE_CHECKING:
     from mvfa.evaluation import Evaluation
@@ -16,9 +17,14 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                        training=False, example='python test_zero.py --obj Brain')
     args = arguments.parse_args(argv)
     check_outputs(script_outputs(args))
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    checkpoint = checkpoint_path(args)
+    made = adopt_sidecar_flags(args, arguments.given(argv, SIDECAR_FLAGS), checkpoint)
+    refuse_few_shot_adapters(made, checkpoint, 'test_zero.py', 'train_zero.py trains them; test_few.py tests these')
+    validate_object(args.data_path, args.obj)
+    check_checkpoint_exists(checkpoint)
+    # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
     from mvfa.zero_shot import zero_shot_test
-    return zero_shot_test(args, arguments.given(argv, MODEL_FLAGS))
+    return zero_shot_test(args, made)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from dataset.validate import validate_object
 from mvfa.cli import FEW_SHOT_CHECKPOINTS, parser, run, script_outputs
 from mvfa.config import PAPER
 from mvfa.outputs import check_outputs
@@ -21,7 +22,9 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                   learning_rate=PAPER.few_shot_learning_rate,
                   example='python train_few.py --obj Brain --shot 4 --iterate 0').parse_args(argv)
     check_outputs(script_outputs(args))
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    validate_object(args.data_path, args.obj, shot=args.shot, iterate=args.iterate, seed_dir=args.fewshot_seed_dir,
+                    decode=False)
+    # Imported once the flags and data paths are checked: those answer without loading torch.
     from mvfa.few_shot import few_shot_training
     return few_shot_training(args)
 

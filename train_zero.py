@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from dataset.validate import validate_leave_one_out
 from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
 from mvfa.config import PAPER
 from mvfa.outputs import check_outputs
@@ -21,7 +22,8 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                   few_shot=False, training=True, learning_rate=PAPER.zero_shot_learning_rate,
                   example='python train_zero.py --obj Brain').parse_args(argv)
     check_outputs(script_outputs(args))
-    # Imported once the flags are parsed: --help and a bad flag answer without loading torch.
+    validate_leave_one_out(args.data_path, args.obj, decode=False)
+    # Imported once the flags and data paths are checked: those answer without loading torch.
     from mvfa.zero_shot import zero_shot_training
     return zero_shot_training(args)
 

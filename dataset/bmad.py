@@ -9,40 +9,17 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
 from mvfa.config import PAPER
 
-from .layouts import IMAGE_SUFFIXES, DataError, Record, detect_layout
-
-# PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
-HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
+from .layouts import HIGH_DEPTH_MODES, IMAGE_SUFFIXES, DataError, Record, detect_layout, open_image, read_image
 
 __all__ = ['DataError', 'IMAGE_SUFFIXES', 'MedTestDataset', 'ValidationSet', 'load_image', 'load_mask', 'open_image',
            'read_image']
-
-
-def read_image(path: Path) -> Image.Image:
-    """An image file decoded as stored; a file that does not decode is named."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(f'cannot read image {path} ({error}): replace or remove the file') from None
-    return image
-
-
-def open_image(path: Path) -> Image.Image:
-    """An image as 8-bit RGB: 16-bit and float images are scaled to 8 bits first, alpha is dropped."""
-    image = read_image(path)
-    if image.mode in HIGH_DEPTH_MODES:
-        pixels = np.asarray(image, dtype=np.float64)
-        full_scale = 65535.0 if image.mode.startswith('I;16') or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return image.convert('RGB')
 
 
 def image_transform(img_size: int) -> transforms.Compose:

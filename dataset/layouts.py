@@ -26,6 +26,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
 from mvfa.errors import UserError
 
 from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
@@ -58,6 +61,30 @@ def list_images(folder: Path) -> List[Path]:
     if not images:
         raise DataError(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     return images
+
+
+# PIL modes of more than 8 bits per pixel (16-bit PNGs and TIFFs, 32-bit integer and float).
+HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I', 'F')
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image file decoded as stored; a file that does not decode is named."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f'cannot read image {path} ({error}): replace or remove the file') from None
+    return image
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image as 8-bit RGB: 16-bit and float images are scaled to 8 bits first, alpha is dropped."""
+    image = read_image(path)
+    if image.mode in HIGH_DEPTH_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        full_scale = 65535.0 if image.mode.startswith('I;16') or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image.convert('RGB')
 
 
 def _existing_mask(image: Path, mask: Path, rule: str) -> Path:

@@ -4,49 +4,18 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from mvfa.config import PAPER
+from mvfa.errors import Notice
 
 from .bmad import DataError, MedTestDataset, load_image, load_mask
 from .layouts import ABNORMAL, NORMAL, Layout, Record
 from .objects import DEFAULT_SEED_DIR, seed_list_path
-
-
-def read_seed_list(path: Path, kind: str, iterate: int) -> List[str]:
-    """The file names on the `<kind>-<iterate>:` line of a seed list (kind 'a' abnormal, 'n' normal)."""
-    tag = f'{kind}-{iterate}:'
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            fields = line.split()
-            if fields and fields[0] == tag:
-                return fields[1:]
-    raise DataError(f"{path} has no line '{tag}': pick an --iterate that the file lists")
-
-
-def listed_support(pool: Sequence[Record], source: str, shot: int, iterate: int, seed_list: Path,
-                   label: int) -> Optional[List[Record]]:
-    """The `shot` support images of `pool` that the seed list names on its line for `label` and
-    `iterate`; None when they are drawn at random instead (`iterate` < 0 or no list)."""
-    if iterate < 0 or not seed_list.is_file():
-        return None
-    kind = 'a' if label == ABNORMAL else 'n'
-    by_name = {record.name: record for record in pool}
-    names = read_seed_list(seed_list, kind, iterate)[:shot]
-    missing = [name for name in names if name not in by_name]
-    if missing:
-        raise DataError(f'{seed_list} line {kind}-{iterate} names images missing from {source}: '
-                        f'{", ".join(missing)}; fix the list or pass --fewshot_seed_dir')
-    check_support_size(len(names), shot, f'{seed_list} line {kind}-{iterate}')
-    return [by_name[name] for name in names]
-
-
-def check_support_size(found: int, shot: int, source: str) -> None:
-    if found < shot:
-        raise DataError(f'--shot {shot} needs {shot} support images, {source} has {found}: use a smaller --shot')
+from .support import check_support_size, listed_support
 
 
 def draw_support(layout: Layout, obj: str, label: int, shot: int, iterate: int, seed_list: Path) -> List[Record]:
@@ -85,7 +54,7 @@ class MedDataset(MedTestDataset):
         self.seed_list = seed_list_path(seed_dir, class_name, shot)
         if iterate >= 0 and not self.seed_list.is_file():
             warnings.warn(f'no few-shot seed list {self.seed_list}: drawing the {shot}-shot support '
-                          f'images at random (seeded)', stacklevel=2)
+                          f'images at random (seeded)', Notice)
         # The files drawn, so that model selection on valid/ can leave them out.
         self.support_images: List[Path] = []
         # Normal images are drawn first, as in the authors' code, so seeded draws match theirs.

@@ -13,10 +13,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .bmad import DataError, read_image
-from .layouts import ABNORMAL, NORMAL, Layout, Record, detect_layout
-from .medical_few import check_support_size, listed_support
+from .layouts import ABNORMAL, NORMAL, DataError, Layout, Record, detect_layout, read_image
 from .objects import DEFAULT_SEED_DIR, seed_list_path
+from .support import check_support_size, listed_support
 
 # Above this many files a progress bar shows that the check is working (BrainMRI has 3715 test images).
 PROGRESS_FROM = 200
@@ -88,7 +87,8 @@ def decode_all(files: Sequence[ImageAndMask], what: str) -> int:
     return sum(1 + (mask is not None) for _, mask in files)
 
 
-def validate_leave_one_out(data_path: str | Path, target: str, img_size: Optional[int] = None) -> int:
+def validate_leave_one_out(data_path: str | Path, target: str, img_size: Optional[int] = None,
+                           decode: bool = True) -> int:
     """Zero-shot training reads the test sets of the target and of the other categories of its data set."""
     others = detect_layout(data_path).other_categories(target)
-    return sum(validate_object(data_path, obj, img_size) for obj in [target] + others)
+    return sum(validate_object(data_path, obj, img_size, decode=decode) for obj in [target] + others)

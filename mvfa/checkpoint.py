@@ -1,53 +1,19 @@
 """Adapter checkpoints in the authors' format: `{'seg_adapters': state_dict, 'det_adapters': state_dict}`."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Set
+from typing import Dict, Optional
 
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.errors import UserError
-from mvfa.flags import MODEL_FLAGS, flag_text
 from mvfa.outputs import atomic_write_all, sidecar_path
+from mvfa.sidecar import CheckpointError, check_checkpoint_exists
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
-
-
-class CheckpointError(UserError):
-    """A checkpoint is missing or does not fit the model; the message says how to fix it."""
-
-
-def read_sidecar(path: Path) -> Optional[Dict]:
-    """How the checkpoint at `path` was made; None without a sidecar (the authors' checkpoints)."""
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return None
-    try:
-        return json.loads(sidecar.read_text(encoding='utf-8'))
-    except ValueError as error:
-        raise CheckpointError(f'cannot read {sidecar} ({error}): fix or remove it') from None
-
-
-def adopt_model_flags(args: argparse.Namespace, given: Set[str], checkpoint: Path) -> Optional[Dict]:
-    """Make `args` build the model the checkpoint was trained with, from its sidecar (returned):
-    a model flag not given takes the sidecar's value; one given must agree with it."""
-    made = read_sidecar(checkpoint)
-    trained_with = (made or {}).get('flags', {})
-    for name in MODEL_FLAGS:
-        if name not in trained_with:
-            continue
-        if name not in given:
-            setattr(args, name, trained_with[name])
-        elif getattr(args, name) != trained_with[name]:
-            raise CheckpointError(f'{checkpoint} was trained with --{name} {flag_text(trained_with[name])}, this '
-                                  f'run has --{name} {flag_text(getattr(args, name))}: leave the flag out to use '
-                                  f"the checkpoint's")
-    return made
 
 
 def torch_bytes(state: Dict) -> bytes:
@@ -80,9 +46,7 @@ def keep_previous(path: Path) -> None:
 def read_checkpoint(path: str | Path) -> Dict[str, Dict[str, torch.Tensor]]:
     """The adapter state dicts of a checkpoint saved by us or by the authors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'no checkpoint at {path}: train one first (train_few.py / train_zero.py '
-                              f'with the same --obj) or put the authors\' released .pth files there')
+    check_checkpoint_exists(path)
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # damaged files raise many types

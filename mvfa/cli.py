@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from mvfa.config import PAPER
-from mvfa.errors import UserError
+from mvfa.errors import Notice, UserError
 from mvfa.flags import MODEL_FLAGS, FlagParser
 from mvfa.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
 
@@ -82,12 +83,24 @@ def script_outputs(args: argparse.Namespace) -> List[Output]:
     return places
 
 
+def show_notices(show: Callable) -> Callable:
+    """`warnings.showwarning` that prints a Notice as one `warning: ...` line and hands other warnings to `show`."""
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, Notice):
+            print(f'warning: {message}', file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def run(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
     """Run a script's main and return the exit status: 0, or the int main returns (bench.py and
     gpu_check.py: 1 when scores disagree); a problem with the user's input becomes one line and
-    status 2, Ctrl-C one line and status 130 (the shell's for SIGINT)."""
+    status 2, Ctrl-C one line and status 130 (the shell's for SIGINT). Notices print as `warning: ...`."""
     try:
-        status = main(argv)
+        with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+            warnings.showwarning = show_notices(warnings.showwarning)
+            status = main(argv)
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ text and memory-bank scores. train_few.py and test_few.py parse the flags and ca
 from __future__ import annotations
 
 import argparse
-from typing import Set
+from typing import Dict, Optional
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,8 +13,6 @@ from dataset.bmad import ValidationSet
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
 from loss import MVFALoss
-from mvfa.checkpoint import CheckpointError, adopt_model_flags
-from mvfa.cli import ZERO_SHOT_CHECKPOINTS
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.inductive import Inductive
 from mvfa.memory_bank import build_memory_bank
@@ -87,17 +85,13 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
         raise write_failed(error, selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
 
 
-def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:
+def few_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
     """Score the test set with the adapters of <save_path>/<obj>.pth and a memory bank of the normal
-    support images; model flags not in `given_model_flags` are taken from the checkpoint's sidecar."""
+    support images; `made`: the checkpoint's sidecar (None: none), whose flags `args` already took.
+    test_few.py has checked the data."""
     checkpoint = checkpoint_path(args)
-    made = adopt_model_flags(args, given_model_flags, checkpoint) or {}
-    if args.normal_only and made.get('setting') == 'few-shot':
-        raise CheckpointError(f'{checkpoint} holds few-shot adapters, trained on abnormal images of their object: '
-                              f'--normal_only needs zero-shot ones (--save_path {ZERO_SHOT_CHECKPOINTS})')
+    made = made or {}
     session = Session(args)
-    validate_object(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
-                    normal_only=args.normal_only)
     data = MedDataset(args.data_path, args.obj, args.img_size, args.shot, args.iterate, args.fewshot_seed_dir,
                       normal_only=args.normal_only)
     model = session.load_model(checkpoint)

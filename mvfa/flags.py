@@ -47,7 +47,8 @@ class Flag:
     Roles: `builds_model` (a checkpoint fits only the model built with it: the test scripts and
     predict.py take it from the sidecar), `identity` (part of a training run's identity: --resume
     refuses another value), `forwarded_to` (reproduce.py hands it, when given, to these runs),
-    `summary_label` (summary.md / .csv say it under this name in "Made with").
+    `summary_label` (summary.md / .csv say it under this name in "Made with"), `draw` (it names few-shot
+    adapters' support set, which their test's memory bank is built from: test_few.py takes it from the sidecar).
     A script may give its own `default` and `help` where its use differs (e.g. --batch_size).
     """
     help: str
@@ -61,6 +62,7 @@ class Flag:
     identity: bool = False
     forwarded_to: Optional[str] = None
     summary_label: Optional[str] = None
+    draw: bool = False
 
     def arguments(self, **overrides: object) -> Dict[str, object]:
         """add_argument's keyword arguments."""
@@ -98,10 +100,11 @@ FLAGS: Dict[str, Flag] = {
                              "projectors of the frozen stream that feed nothing back", choices=ADAPTATIONS,
                              default='adapter'),
     # Few-shot support sets.
-    'shot': Flag('k abnormal + k normal support images', int, 4, rule=POSITIVE_INTEGER, identity=True),
-    'iterate': Flag('which draw of the seed list (a-<i>/n-<i>); < 0: seeded random draw', int, 0, identity=True),
+    'shot': Flag('k abnormal + k normal support images', int, 4, rule=POSITIVE_INTEGER, identity=True, draw=True),
+    'iterate': Flag('which draw of the seed list (a-<i>/n-<i>); < 0: seeded random draw', int, 0, identity=True,
+                    draw=True),
     'fewshot_seed_dir': Flag('folder of <Obj>/<k>-shot.txt seed lists', Path, DEFAULT_SEED_DIR, identity=True,
-                             forwarded_to=FEW_SHOT_RUNS),
+                             forwarded_to=FEW_SHOT_RUNS, draw=True),
     # Training.
     'epoch': Flag('epochs', int, PAPER.epochs, rule=POSITIVE_INTEGER, forwarded_to=TRAINING_RUNS,
                   summary_label='epochs'),
@@ -166,6 +169,7 @@ FLAGS: Dict[str, Flag] = {
 # The roles, derived: nothing else lists flag names.
 MODEL_FLAGS = tuple(name for name, flag in FLAGS.items() if flag.builds_model)
 TRAINING_FLAGS = tuple(name for name, flag in FLAGS.items() if flag.identity)
+DRAW_FLAGS = tuple(name for name, flag in FLAGS.items() if flag.draw)
 PASS_THROUGH = tuple((name, flag.forwarded_to) for name, flag in FLAGS.items() if flag.forwarded_to)
 MADE_WITH = tuple((flag.summary_label, name) for name, flag in FLAGS.items() if flag.summary_label)
 RULES = {name: flag.rule for name, flag in FLAGS.items() if flag.rule is not None}

@@ -30,8 +30,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from mvfa.config import BOOTSTRAP_RESAMPLES as DEFAULT_RESAMPLES
-from mvfa.config import BOOTSTRAP_SEED as DEFAULT_SEED
 
 CONFIDENCE = 0.95
 DEFAULT_BINS = 2048

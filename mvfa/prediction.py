@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,13 +18,11 @@ from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import DataError, image_transform, open_image
-from dataset.validate import decode_all
 from dataset.volumes import Scan
 from mvfa import scoring
-from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
 from mvfa.outputs import atomic_write_all, csv_text
-from mvfa.scan_inputs import InputImage, find_inputs
+from mvfa.scan_inputs import InputImage
 from mvfa.scan_maps import VolumeMaps
 from mvfa.session import Session
 from mvfa.visualize import Tick, at_image_size, write_panel
@@ -57,6 +55,12 @@ class Parts:
     zero_map: Tensor
     few: Optional[Tensor] = None
     few_map: Optional[Tensor] = None
+
+    @torch.inference_mode()  # the parts are inference tensors
+    def put(self, index: int, other: 'Parts') -> None:
+        """Replace image `index` of this batch with the one image of `other`."""
+        for name in ('zero', 'zero_map', 'few', 'few_map'):
+            getattr(self, name)[index] = getattr(other, name)[0]
 
 
 @dataclass
@@ -154,14 +158,17 @@ class Reference:
         banks = [build_memory_bank(model, augment(image[None])[0], batch_size) for image in images]
         self.banks = ReferenceBanks([list(level) for level in zip(*(b.seg for b in banks))],
                                     [list(level) for level in zip(*(b.det for b in banks))])
-        parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
-                 for i in tqdm(range(len(images)), desc='references', leave=False)]
+        # Each reference's parts against the banks of the others: the values the calibration is made of, and
+        # the scores of an input that is one of the references (against its own copies it would score far below
+        # every normal image).
+        self.parts = [score_parts(model, images[i:i + 1], text_features, self.banks.leaving_out(i))
+                      for i in tqdm(range(len(images)), desc='references', leave=False)]
         self.calibration = Calibration(
             references=len(images),
             zero_shot_weight=model.config.zero_shot_weight, few_shot_weight=model.config.few_shot_weight,
-            zero=Spread.of(torch.cat([p.zero for p in parts])), few=Spread.of(torch.cat([p.few for p in parts])),
-            zero_map=Spread.of(torch.cat([p.zero_map for p in parts])),
-            few_map=Spread.of(torch.cat([p.few_map for p in parts])))
+            zero=Spread.of(torch.cat([p.zero for p in self.parts])), few=Spread.of(torch.cat([p.few for p in self.parts])),
+            zero_map=Spread.of(torch.cat([p.zero_map for p in self.parts])),
+            few_map=Spread.of(torch.cat([p.few_map for p in self.parts])))
 
 
 def heatmap_paths(stems: Sequence[str], folder: Path, suffix: str = '.png') -> List[Path]:
@@ -190,16 +197,20 @@ def write_heatmap(path: Path, source: Path | InputImage, heatmap: Tensor, ticks:
     write_panel(path, image, anomaly_map, ticks=ticks)
 
 
-def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]:
-    """Score the inputs; returns the rows written to scores.csv / scores.json. Model flags not in
-    `given_model_flags` are taken from the checkpoint's sidecar."""
-    adopt_model_flags(args, given_model_flags, args.checkpoint)
-    inputs, scans = find_inputs(args.inputs + args.input_paths, 'input', args)
-    references = find_inputs(args.reference, 'reference', args)[0] if args.reference else None
-    # Every image file decoded (every scan was read) before the model is built and anything written: a bad
-    # file costs seconds, no output.
-    image_files = dict.fromkeys(image.path for image in inputs + (references or []) if image.scan is None)
-    decode_all([(path, None) for path in image_files], 'the images')
+def references_among(inputs: Sequence[InputImage], references: Sequence[InputImage]) -> Dict[int, int]:
+    """{input index: reference index} of the inputs that are references (the same file, or the same slice of the
+    same scan, by resolved path)."""
+    def key(image: InputImage) -> Tuple[Path, Optional[int]]:
+        return image.path.resolve(), image.index
+    by_image = {key(image): index for index, image in enumerate(references)}
+    return {index: by_image[key(image)] for index, image in enumerate(inputs) if key(image) in by_image}
+
+
+def predict(args: argparse.Namespace, inputs: List[InputImage], scans: Sequence[Scan],
+            references: Optional[List[InputImage]]) -> List[Dict]:
+    """Score `inputs` (against the normal `references`, if any), the 2-D images of the files and `scans` found by
+    `find_inputs`; returns the rows written to scores.csv / scores.json. `args` already holds the model flags of
+    the checkpoint's sidecar."""
     session = Session(args)
     model = session.load_model(args.checkpoint)
     text_features = session.text_features(args.obj)
@@ -212,10 +223,17 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
     ticks = colour_scale(calibrated=reference is not None)
+    reference_of = references_among(inputs, references or [])
+    if reference_of:
+        print(f'{len(reference_of)} of the inputs are references too: each is scored against the other references '
+              f'(leave-one-out), as the calibration scores it')
     rows: List[Dict] = []
     volumes = VolumeMaps(args.out / 'maps')
     for images in tqdm(loader, desc='predict'):
         parts = score_parts(model, images, text_features, banks)
+        for i in range(len(images)):
+            if len(rows) + i in reference_of:
+                parts.put(i, reference.parts[reference_of[len(rows) + i]])
         if reference is None:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:

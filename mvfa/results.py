@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from mvfa import intervals
+from mvfa.config import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from mvfa.evaluation import Evaluation
 from mvfa.metrics import image_metrics, pixel_metrics
 from mvfa.outputs import atomic_write
@@ -31,10 +32,10 @@ def bootstrap_record(args: argparse.Namespace, evaluation: Evaluation) -> Option
     """95 % intervals of the AUROCs (mvfa.intervals), with their replicates so that two files of the same
     test images and seed compare paired; None with `--bootstrap 0`. Image and pixel AUROC draw from the
     streams '<obj>:image' and '<obj>:pixel'. Flags parsed without the bootstrap flags get the defaults."""
-    resamples = getattr(args, 'bootstrap', intervals.DEFAULT_RESAMPLES)
+    resamples = getattr(args, 'bootstrap', BOOTSTRAP_RESAMPLES)
     if resamples == 0:
         return None
-    seed = getattr(args, 'bootstrap_seed', intervals.DEFAULT_SEED)
+    seed = getattr(args, 'bootstrap_seed', BOOTSTRAP_SEED)
     image = intervals.image_auroc_interval(evaluation.labels, evaluation.image_scores, resamples,
                                            intervals.generator(seed, f'{args.obj}:image'))
     pixel = None

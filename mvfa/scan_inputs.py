@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from dataset.bmad import IMAGE_SUFFIXES, DataError, open_image
+from dataset.layouts import IMAGE_SUFFIXES, DataError, open_image
 from dataset.volumes import NIFTI_SUFFIXES, Scan, is_dicom, is_nifti, read_folder_series, read_scan, stem
 
 

@@ -16,6 +16,7 @@ from CLIP.factory import LOCAL_WEIGHTS, WeightsError, load_model_config, patch_s
 from dataset.bmad import DataError
 from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.evaluation import Evaluation
+from mvfa.errors import Notice
 from mvfa.flags import FlagError
 from mvfa.outputs import WriteFailed, checkpoint_path
 from mvfa.results import Provenance, flag_values, write_results
@@ -59,7 +60,6 @@ def check_image_size(model_name: str, img_size: int, config: Optional[Dict] = No
     patch = patch_size(config or load_model_config(model_name))
     if img_size < patch:
         raise FlagError(f'--img_size must be at least the patch size of {model_name} ({patch} px), got {img_size}')
-
 
 
 def check_model_flags(args: argparse.Namespace) -> None:
@@ -129,7 +129,7 @@ def report_epoch(epoch: int, losses: EpochLosses) -> None:
     """Print an epoch's mean loss, warning about the steps skipped for a non-finite loss."""
     mean, skipped = losses.summary()
     if skipped:
-        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', stacklevel=2)
+        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', Notice)
     print(f'epoch {epoch}: loss {mean:.4f}')
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import random
-from typing import Set
+from typing import Dict, Optional
 
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset.bmad import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
-from dataset.validate import validate_leave_one_out, validate_object
+from dataset.validate import validate_leave_one_out
 from loss import MVFALoss
-from mvfa.checkpoint import adopt_model_flags
 from mvfa.evaluation import Evaluation, evaluate
 from mvfa.inductive import Inductive
 from mvfa.outputs import WriteFailed, checkpoint_path, resume_path
@@ -77,13 +76,12 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
         raise write_failed(error, selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
 
 
-def zero_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Evaluation:
-    """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; model flags
-    not in `given_model_flags` are taken from the checkpoint's sidecar."""
+def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
+    """Score the test set with the text prompts and the adapters of <save_path>/<obj>.pth; `made`: the
+    checkpoint's sidecar (None: none), whose flags `args` already took. test_zero.py has checked the data."""
     checkpoint = checkpoint_path(args)
-    made = adopt_model_flags(args, given_model_flags, checkpoint) or {}
+    made = made or {}
     session = Session(args)
-    validate_object(args.data_path, args.obj, args.img_size)
     data = MedTestDataset(args.data_path, args.obj, args.img_size)
     model = session.load_model(checkpoint)
     loader = DataLoader(data, batch_size=args.batch_size, **session.loader_options())

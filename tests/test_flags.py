@@ -33,6 +33,15 @@ def data(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp('data'), size=32, n_test=2, n_valid=2, shots=(1,), iterations=1)
 
 
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory) -> Path:
+    """A folder whose Liver.pth exists and is never read: the test scripts check that the checkpoint exists
+    before torch is imported, and each case here must fail at its flag before the checkpoint is loaded."""
+    folder = tmp_path_factory.mktemp('ckpt')
+    (folder / 'Liver.pth').write_bytes(b'')
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch) -> None:
     def refuse(*args, **kwargs):
@@ -40,10 +49,12 @@ def no_model(monkeypatch) -> None:
     monkeypatch.setattr(factory, 'CLIP', refuse)
 
 
-def script_flags(script, data: Path, out: Path) -> List[str]:
+def script_flags(script, data: Path, out: Path, checkpoints: Path) -> List[str]:
+    """Flags that run `script` on `data`, writing under `out`; the test scripts read `checkpoints`."""
+    save_path = checkpoints if script in (test_few, test_zero) else out / 'ckpt'
     argv = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
             '--device', 'cpu', '--img_size', '28', '--data_path', str(data), '--obj', 'Liver',
-            '--save_path', str(out / 'ckpt'), '--results', str(out / 'results.json')]
+            '--save_path', str(save_path), '--results', str(out / 'results.json')]
     if script in FEW_SHOT:
         argv += ['--fewshot_seed_dir', str(data / 'fewshot_seed'), '--shot', '1', '--iterate', '0']
     return argv
@@ -84,9 +95,9 @@ def assert_one_error_line(capsys, words: str) -> None:
 
 
 @pytest.mark.parametrize('case', BAD_FLAGS)
-def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_written(case, data, tmp_path, capsys):
+def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_written(case, data, checkpoints, tmp_path, capsys):
     script, extra, words = BAD_FLAGS[case]
-    assert run(script.main, script_flags(script, data, tmp_path) + extra) == 2
+    assert run(script.main, script_flags(script, data, tmp_path, checkpoints) + extra) == 2
     assert_one_error_line(capsys, words)
     assert list(tmp_path.iterdir()) == []
 
@@ -97,9 +108,10 @@ def test_a_bad_flag_is_one_line_and_exit_2_with_nothing_written(case, data, tmp_
     (['--img_size', '10'], '--img_size must be at least the patch size'),
     (['--device', 'gpu'], "unknown --device 'gpu'"),
 ])
-def test_predict_refuses_bad_flags_before_writing_its_output_folder(extra, words, data, tmp_path, capsys):
+def test_predict_refuses_bad_flags_before_writing_its_output_folder(extra, words, data, checkpoints, tmp_path,
+                                                                   capsys):
     out = tmp_path / 'out'
-    argv = ['--checkpoint', str(tmp_path / 'missing.pth'), '--obj', 'Liver', '--out', str(out),
+    argv = ['--checkpoint', str(checkpoints / 'Liver.pth'), '--obj', 'Liver', '--out', str(out),
             '--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',
             '--input', str(data / 'Liver_AD' / 'test' / 'good' / 'img')]
     assert run(predict.main, argv + extra) == 2
@@ -248,6 +260,32 @@ def test_help_shows_every_flag_with_its_default_without_importing_torch(command)
                            timeout=120, check=True).stdout
     assert shown.splitlines()[-1] == 'torch imported: False undocumented: []'
     assert '(default: ' in shown
+
+
+PATH_PROBE = '''
+import sys
+import predict, test_few, test_zero, train_few, train_zero
+from mvfa.cli import run
+data, nowhere = sys.argv[1:]
+for script, argv in ((train_few, ['--data_path', nowhere]), (train_zero, ['--data_path', nowhere]),
+                     (test_few, ['--data_path', nowhere]), (test_zero, ['--data_path', data, '--save_path', nowhere]),
+                     (predict, ['--checkpoint', nowhere + '/Brain.pth', '--obj', 'Brain', '--out', nowhere, data]),
+                     (predict, ['--checkpoint', nowhere + '/Brain.pth', '--obj', 'Brain', '--out', nowhere, nowhere])):
+    print(run(script.main, argv + ['--obj', 'Brain']), 'torch' in sys.modules)
+'''
+
+
+def test_data_and_checkpoint_paths_are_checked_before_torch_is_imported(tmp_path):
+    """A wrong path is reported in a fraction of a second, not after the seconds torch takes to import."""
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, '-c', PATH_PROBE, str(repo / 'tests' / 'parity' / 'data'),
+                           str(tmp_path / 'nowhere')], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ['2 False'] * 6, done.stderr
+    errors = done.stderr.splitlines()
+    assert [line.split(': ')[0] for line in errors] == ['error'] * 6
+    assert all('Brain_AD does not exist' in line for line in errors[:3])
+    assert all(f"no checkpoint at {tmp_path / 'nowhere' / 'Brain.pth'}" in line for line in errors[3:5])
+    assert errors[5] == f"error: input {tmp_path / 'nowhere'} does not exist"
 
 
 @pytest.mark.parametrize('script, obj', [(train_few, 'Liver'), (test_zero, 'Retina_RESC')])

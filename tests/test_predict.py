@@ -276,8 +276,20 @@ def test_calibrated_scores_compare_across_calls(brain, tmp_path):
     again = {row['path']: row['score'] for row in rows}
     # Another call, other batch companions: the same references give the same score.
     assert again[lesions[0]] == pytest.approx(first[lesions[0]], abs=1e-4)
-    # A reference sits on its own bank copies: below every lesion.
-    assert again[reference] < min(first[path] for path in lesions)
+
+
+def test_a_reference_scored_as_an_input_is_left_out_of_its_own_bank(brain, tmp_path, capsys):
+    """Scored against banks that hold its own copies, a reference would sit far below normal (issue 25: -9 to -18
+    sd); scored leave-one-out, as the calibration scores it, the references are standardised by their own spread:
+    mean 0 and sample std 1 in each part."""
+    rows = predict.main(brain['flags'] + ['--out', str(tmp_path), '--batch_size', '2'] + brain['references']
+                        + ['--reference'] + brain['references'])
+    assert f'{REFERENCES} of the inputs are references too' in capsys.readouterr().out
+    for part in ('zero_shot', 'few_shot', 'score'):
+        values = torch.tensor([row[part] for row in rows], dtype=torch.float64)
+        assert float(values.mean()) == pytest.approx(0.0, abs=1e-4), part
+        if part != 'score':
+            assert float(values.std()) == pytest.approx(1.0, rel=1e-3), part
 
 
 def test_test_few_normal_only_needs_no_abnormal_support(tmp_path, checkpoint, monkeypatch, capsys):

@@ -76,12 +76,61 @@ def test_a_test_run_takes_the_model_flags_and_selection_from_the_sidecar(script,
     ('--pretrain', ['openai'], '--pretrain none, this run has --pretrain openai'),
     ('--quick_gelu', [], '--quick_gelu False, this run has --quick_gelu True'),
     ('--adaptation', ['projector'], '--adaptation adapter, this run has --adaptation projector'),
+    ('--shot', ['2'], '--shot 1, this run has --shot 2'),
+    ('--iterate', ['1'], '--iterate 0, this run has --iterate 1'),
 ])
 def test_a_model_flag_that_contradicts_the_sidecar_is_refused(flag, value, words, trained, data, capsys):
     argv = data_flags(data, True) + ['--save_path', str(trained / 'few-shot'), flag, *value]
     assert run(test_few.main, argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and 'was trained with ' + words in err, err
+
+
+def test_test_few_takes_the_support_draw_from_the_sidecar(trained, data, tmp_path, capsys):
+    """Trained with --shot 1 --iterate 0 on the synthetic seed lists: left out, they are the sidecar's, not the
+    defaults (--shot 4 on dataset/fewshot_seed/), so the test builds the memory bank the training scored with."""
+    results = tmp_path / 'results.json'
+    test_few.main(['--device', 'cpu', '--data_path', str(data), '--obj', 'Liver', '--save_path', str(trained / 'few-shot'),
+                   '--results', str(results)])
+    record, training = json.loads(results.read_text()), json.loads((trained / 'few-shot.json').read_text())
+    assert record['shot'] == 1 and record['flags']['iterate'] == 0
+    assert record['flags']['fewshot_seed_dir'] == str(data / 'fewshot_seed')
+    assert record['support_images'] == training['support_images'] and len(record['support_images']) == 2
+    assert record['image_auroc'] == pytest.approx(training['image_auroc'])
+    argv = data_flags(data, True) + ['--save_path', str(trained / 'few-shot'), '--fewshot_seed_dir', 'dataset/fewshot_seed']
+    assert run(test_few.main, argv) == 2
+    assert (f"was trained with --fewshot_seed_dir {data / 'fewshot_seed'}, this run has --fewshot_seed_dir "
+            f"dataset/fewshot_seed: leave the flag out") in capsys.readouterr().err
+
+
+def test_a_random_draw_takes_its_seed_from_the_sidecar(trained, data, tmp_path, capsys):
+    """A random draw (--iterate -1) is named by the seed: taken from the sidecar, and refused when it differs."""
+    shutil.copy(trained / 'few-shot' / 'Liver.pth', tmp_path / 'Liver.pth')
+    sidecar = json.loads((trained / 'few-shot' / 'Liver.json').read_text())
+    sidecar['flags'].update(iterate=-1, seed=5)
+    (tmp_path / 'Liver.json').write_text(json.dumps(sidecar))
+    argv = ['--device', 'cpu', '--data_path', str(data), '--obj', 'Liver', '--save_path', str(tmp_path)]
+    test_few.main(argv + ['--results', str(tmp_path / 'results.json')])
+    flags = json.loads((tmp_path / 'results.json').read_text())['flags']
+    assert flags['seed'] == 5 and flags['iterate'] == -1 and flags['shot'] == 1
+    assert run(test_few.main, argv + ['--seed', '6']) == 2
+    assert 'was trained with --seed 5, this run has --seed 6' in capsys.readouterr().err
+
+
+def test_a_seed_list_draw_does_not_depend_on_the_seed(trained, data, tmp_path):
+    """From a seed list the draw is the list's line whatever the seed: another --seed is no contradiction."""
+    argv = data_flags(data, True) + ['--save_path', str(trained / 'few-shot'), '--seed', '7']
+    assert test_few.main(argv + ['--results', str(tmp_path / 'r.json')]) is not None
+    assert json.loads((tmp_path / 'r.json').read_text())['flags']['seed'] == 7
+
+
+def test_test_zero_refuses_few_shot_adapters(trained, data, capsys, tmp_path):
+    """Few-shot adapters saw abnormal images of their object: scored by test_zero.py they would be a leaked number."""
+    argv = data_flags(data, False) + ['--save_path', str(trained / 'few-shot'), '--results', str(tmp_path / 'r.json')]
+    assert run(test_zero.main, argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'holds few-shot adapters' in err and 'test_zero.py needs' in err
+    assert not (tmp_path / 'r.json').exists()
 
 
 def test_predict_reads_the_sidecar_too(trained, data, tmp_path, capsys):
@@ -108,6 +157,12 @@ def test_a_checkpoint_without_sidecar_uses_the_flags_as_before(trained, data, tm
     test_zero.main(MODEL + data_flags(data, False) + ['--save_path', str(tmp_path), '--results', str(results)])
     record = json.loads(results.read_text())
     assert record['selection'] is None and record['selected'] is None and record['checkpoint'] == str(tmp_path / 'Liver.pth')
+    few_shot = tmp_path / 'few-shot'
+    few_shot.mkdir()
+    shutil.copy(trained / 'few-shot' / 'Liver.pth', few_shot / 'Liver.pth')
+    test_few.main(MODEL + data_flags(data, True) + ['--save_path', str(few_shot), '--results', str(results)])
+    assert json.loads(results.read_text())['image_auroc'] == pytest.approx(
+        json.loads((trained / 'few-shot.json').read_text())['image_auroc'])
 
 
 def test_a_new_training_run_keeps_the_earlier_checkpoint(data, tmp_path, capsys):
@@ -138,3 +193,14 @@ def test_predict_takes_its_inputs_anywhere_on_the_line(trained, data, tmp_path, 
     assert [row['score'] for row in after_dashes] == [row['score'] for row in with_flag] and len(with_flag) == 2
     assert run(predict.main, argv + ['--out', str(tmp_path / 'c')]) == 2
     assert 'no images to score' in capsys.readouterr().err and not (tmp_path / 'c').exists()
+
+
+def test_a_warning_is_one_plain_line(trained, data, tmp_path, capsys):
+    """A warning reads `warning: ...`, without the source path and line of Python's warnings format."""
+    argv = data_flags(data, False) + ['--save_path', str(trained / 'zero-shot'), '--normal_only', '--shot', '1',
+                                      '--fewshot_seed_dir', str(tmp_path)]
+    assert run(test_few.main, argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    expected = (f"warning: no few-shot seed list {tmp_path / 'Liver' / '1-shot.txt'}: drawing the 1-shot support "
+                f"images at random (seeded)")
+    assert expected in err and not any('.py:' in line or 'warnings.warn' in line for line in err), err

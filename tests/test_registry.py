@@ -17,7 +17,7 @@ import train_few
 from dataset.synthetic import generate
 from mvfa.cli import parser, run
 from mvfa.flags import FLAGS, MODEL_FLAGS, PASS_THROUGH, TRAINING_FLAGS, FlagError, FlagParser
-from mvfa.resume import resume_path
+from mvfa.outputs import resume_path
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / 'CLIP' / 'model_configs' / 'tiny-clip.json'
 # For each model flag, a value other than the run's below that still builds a tiny CLIP: the same model
