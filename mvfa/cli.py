@@ -11,6 +11,10 @@ from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
 from mvfa.config import ADAPTATIONS, PAPER, SELECTION_MODES
 from mvfa.errors import UserError
 from mvfa.flags import FlagParser
+from mvfa.threads import yield_idle_threads
+
+# Every script imports this module before torch, and OpenMP reads its wait policy as torch loads it.
+yield_idle_threads()
 
 DATA_PATH = './data/'  # the authors' default --data_path
 # The test scripts' default --save_path: where the README puts the authors' released checkpoints.
@@ -33,6 +37,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--device', default=None, help='cuda, mps or cpu (default: cuda if available, else mps, else cpu)')
     p.add_argument('--precision', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
                    help='autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere')
+    p.add_argument('--threads', type=int, default=None,
+                   help="torch's CPU threads (default: OMP_NUM_THREADS or MKL_NUM_THREADS if set, else the CPUs "
+                        "this process may use: its affinity and cgroup quota)")
     p.add_argument('--quick_gelu', action='store_true',
                    help="QuickGELU, as OpenAI trained CLIP (the authors' numbers use exact GELU)")
     p.add_argument('--adaptation', choices=ADAPTATIONS, default='adapter',

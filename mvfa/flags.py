@@ -28,7 +28,7 @@ SEED = Rule(lambda value: 0 <= value < 2 ** 32, 'an integer from 0 to 2**32 - 1'
 RULES: Dict[str, Rule] = {
     **{name: POSITIVE_INTEGER for name in (
         'batch_size', 'eval_batch_size', 'epoch', 'epochs', 'shot', 'shots', 'img_size', 'features_list',
-        'n_test', 'n_valid', 'iterations', 'threads', 'workers', 'random_draws')},
+        'n_test', 'n_valid', 'iterations', 'threads', 'workers', 'random_draws', 'repeats')},
     # 0 is a run that does not learn: the untrained adapters, scored as training would.
     'learning_rate': Rule(lambda value: value >= 0, 'a number >= 0'),
     'seed': SEED,

@@ -74,7 +74,7 @@ class Session:
         self.args = args
         self.device = pick_device(args.device)
         self.precision = resolve_precision(args.precision, self.device)
-        configure_backends(self.device, self.precision)
+        configure_backends(self.device, self.precision, args.threads)
         self.model: Optional[MultiLevelAdaptedCLIP] = None
 
     def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
