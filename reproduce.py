@@ -43,7 +43,7 @@ METRICS = ('image_auroc', 'pixel_auroc', 'image_ap', 'image_f1_max', 'pixel_ap',
 # Flags handed to the scripts unchanged: (flag, which scripts take it).
 PASS_THROUGH = (('model_name', 'all'), ('pretrain', 'all'), ('features_list', 'all'), ('img_size', 'all'),
                 ('quick_gelu', 'all'), ('adaptation', 'all'), ('data_path', 'all'), ('device', 'all'),
-                ('precision', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
+                ('precision', 'all'), ('threads', 'all'), ('batch_size', 'all'), ('epoch', 'training'), ('fewshot_seed_dir', 'few-shot'))
 # Where the authors' released checkpoints go (the test scripts' defaults); --skip_train falls back to them.
 RELEASED = {'zero-shot': Path(ZERO_SHOT_CHECKPOINTS), 'few-shot': Path(FEW_SHOT_CHECKPOINTS)}
 # What summary.md and summary.csv say first about how the numbers were made: (label, flag).

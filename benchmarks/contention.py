@@ -1,6 +1,6 @@
 """bench.py --contention: the training steps of a few-shot epoch (ours, as train_few.py runs them) under
-several thread settings, alone and beside a busy process that takes one core, each timing in a fresh
-interpreter so that its OpenMP runtime reads the wait policy being measured."""
+several thread settings, alone and beside a busy process that takes one core; each setting in a fresh
+interpreter, so that its OpenMP runtime reads the wait policy being measured."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from mvfa.threads import usable_cpus
 
-# A busy process is stopped after this long even if its measurement never ends.
+# A busy process stops by itself after this long, should bench.py be killed before it stops it.
 BUSY_LIMIT_S = 3600
-BUSY_LOOP = 'while True:\n    pass'
+BUSY_LOOP = f'end = time.monotonic() + {BUSY_LIMIT_S}\nwhile time.monotonic() < end:\n    pass'
 
 
 @dataclass(frozen=True)
@@ -55,25 +55,25 @@ def environment(wait_policy: Optional[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def busy_process(competing: bool) -> Iterator[None]:
-    """With `competing`, a Python busy loop pinned to the last usable CPU, killed on exit (or after BUSY_LIMIT_S)."""
+def busy_process(competing: bool) -> Iterator[Optional[subprocess.Popen]]:
+    """With `competing`, a Python busy loop pinned to the last usable CPU, killed on exit; it ends by
+    itself after BUSY_LIMIT_S should this process die first."""
     if not competing:
-        yield
+        yield None
         return
-    cpu = max(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None
-    pin = f'import os\nos.sched_setaffinity(0, {{{cpu}}})\n' if cpu is not None else ''
-    busy = subprocess.Popen(['timeout', str(BUSY_LIMIT_S), sys.executable, '-c', pin + BUSY_LOOP]
-                            if os.name == 'posix' else [sys.executable, '-c', pin + BUSY_LOOP])
+    pin = f'os.sched_setaffinity(0, {{{max(os.sched_getaffinity(0))}}})\n' if hasattr(os, 'sched_getaffinity') else ''
+    busy = subprocess.Popen([sys.executable, '-c', f'import os, time\n{pin}{BUSY_LOOP}'])
     try:
-        yield
+        yield busy
     finally:
         busy.kill()
         busy.wait()
 
 
-def time_training(args: argparse.Namespace, threads: int) -> float:
-    """Seconds of an epoch's training steps, in this (fresh) process: the second of two epochs, so that
-    first-call allocations and kernel selection are not measured."""
+def time_training(args: argparse.Namespace, threads: int) -> Dict[bool, List[float]]:
+    """Seconds of an epoch's training steps in this (fresh) process, alone (False) and beside a busy
+    process (True), alternating for --repeats rounds after an epoch that warms up (first-call
+    allocations and kernel selection are not measured)."""
     import torch
 
     from benchmarks.compare import load_model, make_workload, set_up_process, train_loader, train_ours
@@ -86,41 +86,40 @@ def time_training(args: argparse.Namespace, threads: int) -> float:
     workload = make_workload(args, model.image_encoder.output_dim)
     text_features = workload.text_features.to(device)
     streams = frozen_streams(model, workload.train_images, args.batch_size)
-    train_ours(model, train_loader(streams, workload, args.seed), text_features)
-    _, seconds = timed(device, lambda: train_ours(model, train_loader(streams, workload, args.seed), text_features))
+
+    def epoch() -> float:
+        return timed(device, lambda: train_ours(model, train_loader(streams, workload, args.seed), text_features))[1]
+
+    epoch()
+    seconds: Dict[bool, List[float]] = {False: [], True: []}
+    for _ in range(args.repeats):
+        for competing in (False, True):
+            with busy_process(competing):
+                seconds[competing].append(epoch())
     return seconds
 
 
 def measure(args: argparse.Namespace) -> Dict:
-    """Median seconds of each setting, alone and competing, over --repeats rounds that interleave them
-    (on a shared machine the load drifts; each round sees about the same), and each one's slowdown
-    against torch's default alone."""
+    """Median seconds of each setting alone and competing, and each one's slowdown against the first
+    setting alone. Alone and competing alternate within a process (on a shared machine the load drifts)."""
     cpus = usable_cpus() if args.threads is None else args.threads
-    cases = [(setting, competing) for competing in (False, True) for setting in settings(cpus)]
-    seconds: Dict[tuple, List[float]] = {(setting.name, competing): [] for setting, competing in cases}
-    with tqdm(total=args.repeats * len(cases), desc='contention', leave=False) as bar:
-        for _ in range(args.repeats):
-            for setting, competing in cases:
-                bar.set_postfix_str(f"{setting.name}{', competing' if competing else ''}")
-                with environment(setting.wait_policy), busy_process(competing), ProcessPoolExecutor(
-                        max_workers=1, mp_context=multiprocessing.get_context('spawn')) as pool:
-                    measured = pool.submit(time_training, args, setting.threads).result()
-                seconds[setting.name, competing].append(measured)
-                # As it comes: a long run interrupted still shows what it measured.
-                bar.write(f"{setting.name}{', competing' if competing else ''}: {measured:.3g} s")
-                bar.update()
-    baseline = statistics.median(seconds[cases[0][0].name, False])
-    rows = [{'setting': setting.name, 'competing': competing, 'threads': setting.threads,
-             'wait_policy': setting.wait_policy, 'seconds': seconds[setting.name, competing],
-             'median_s': statistics.median(seconds[setting.name, competing]),
-             'slowdown': statistics.median(seconds[setting.name, competing]) / baseline} for setting, competing in cases]
+    rows = []
+    for setting in tqdm(settings(cpus), desc='contention', leave=False):
+        with environment(setting.wait_policy), ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context('spawn')) as pool:
+            seconds = pool.submit(time_training, args, setting.threads).result()
+        rows += [{'setting': setting.name, 'competing': competing, 'threads': setting.threads,
+                  'wait_policy': setting.wait_policy, 'seconds': seconds[competing],
+                  'median_s': statistics.median(seconds[competing])} for competing in (False, True)]
+    for row in rows:
+        row['slowdown'] = row['median_s'] / rows[0]['median_s']
     return {'model': args.model_name, 'img_size': args.img_size, 'shot': args.shot, 'usable_cpus': cpus,
             'repeats': args.repeats, 'rows': rows}
 
 
 def format_report(report: Dict) -> str:
     lines = [f"{report['model']}, {report['img_size']} px, {report['shot']}-shot: an epoch's training steps, "
-             f"median of {report['repeats']} rounds, {report['usable_cpus']} usable CPUs",
+             f"median of {report['repeats']} rounds (alone and beside it alternate), {report['usable_cpus']} usable CPUs",
              '', '| setting | alone, s | beside a busy process, s | slowdown beside it |', '| --- | --- | --- | --- |']
     by_case = {(row['setting'], row['competing']): row for row in report['rows']}
     for name in dict.fromkeys(row['setting'] for row in report['rows']):
