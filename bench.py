@@ -12,8 +12,9 @@ pass and the epoch in fresh processes, so that each peak memory is its own.
     python bench.py --model_name tiny-clip --features_list 3 6 9 12 --img_size 56 --n_images 4 --shot 1
 
 `--contention` measures instead what another busy process on the CPU costs: our epoch's training
-steps with torch's former thread default, with the scripts' settings and with one thread, alone and
-beside a busy loop that bench.py starts on one core and stops after each measurement.
+steps at --threads (default: the usable CPUs) under OpenMP's default wait and under the scripts'
+passive one, and with one thread, each alone and beside a busy loop that bench.py starts on one core
+and stops after each measurement.
 """
 from __future__ import annotations
 
