@@ -106,3 +106,12 @@ def test_the_users_wait_policy_is_kept() -> None:
     out = subprocess.run([sys.executable, '-c', IMPORT_AND_REPORT, 'train_few'], cwd=ROOT, check=True, text=True,
                          env={**os.environ, 'OMP_WAIT_POLICY': 'ACTIVE'}, capture_output=True).stdout.split()
     assert out == ['ACTIVE', 'False']
+
+
+def test_a_session_from_flags_recorded_before_threads_existed(torch_threads, monkeypatch) -> None:
+    """mvfa.figures rebuilds a session from a results file's flags; older files have no 'threads'."""
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    args = parser(test_zero.__doc__, obj='Brain', save_path='unused', few_shot=False, training=False).parse_args(TINY)
+    del args.threads
+    Session(args)
+    assert torch.get_num_threads() == usable_cpus(quota_cpus=cgroup_cpus())
