@@ -110,7 +110,8 @@ def test_the_users_wait_policy_is_kept() -> None:
 
 def test_a_session_from_flags_recorded_before_threads_existed(torch_threads, monkeypatch) -> None:
     """mvfa.figures rebuilds a session from a results file's flags; older files have no 'threads'."""
-    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    for name in USER_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     args = parser(test_zero.__doc__, obj='Brain', save_path='unused', few_shot=False, training=False).parse_args(TINY)
     del args.threads
     Session(args)
