@@ -143,7 +143,7 @@ def bench_figures(precision: str, report: Dict) -> List[Tuple[str, Figure]]:
 def run_script(script: str, flags: List[str], threads: Optional[int]) -> float:
     """Seconds that `python <script> <flags>` took, end to end; its output goes to ours."""
     progress(f'running {script} {" ".join(flags)}')
-    # The scripts have no thread flag: torch takes its thread count from OMP_NUM_THREADS.
+    # OMP_NUM_THREADS, which the scripts leave to torch, reaches the helpers they start too.
     env = os.environ if threads is None else {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     start = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / script), *flags], cwd=REPO, env=env, check=True)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
 
 from benchmarks.measure import batched_throughput, peak_above_start, timed
 from benchmarks.reference import (Scores, reference_evaluate, reference_memory_bank, reference_style,
@@ -23,14 +24,16 @@ from mvfa.config import PAPER
 from mvfa.evaluation import evaluate
 from mvfa.memory_bank import MemoryBank, build_memory_bank
 from mvfa.runtime import configure_backends, pick_device, resolve_precision
+from mvfa.threads import chosen_threads
 from mvfa.training import AdapterOptimizers, EpochLosses, cache_streams, frozen_streams, train_step
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
 # Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or
 # bf16 the two paths round differently (other batches, other kernels), as two fp16 runs of the authors' would.
 SCORE_TOLERANCE = {'fp32': 1e-4, 'fp16': 1e-2, 'bf16': 1e-1}
-# Target of the MVFA overhead over plain CLIP image encoding (`encode_image`), as a fraction.
-OVERHEAD_TARGET = 0.15
+# Target of the MVFA overhead over plain CLIP image encoding (`encode_image`), as a fraction, for the
+# paper's model: on a smaller one the memory-bank search weighs more against the blocks.
+OVERHEAD_TARGET, OVERHEAD_TARGET_MODEL = 0.15, 'ViT-L-14-336'
 # The few-shot training batch of train_few.py (and of the authors).
 TRAIN_BATCH_SIZE = 1
 PATHS = ('reference', 'ours')
@@ -94,12 +97,10 @@ def test_loader(workload: Workload, batch_size: int) -> DataLoader:
 
 def set_up_process(args: argparse.Namespace) -> Tuple[torch.device, str]:
     """The device and resolved precision of a measuring process, with the process-wide settings a
-    run of the scripts has (`configure_backends`: CPU malloc reuse, no TF32 in fp32)."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    run of the scripts has (`configure_backends`: threads, CPU malloc reuse, no TF32 in fp32)."""
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
-    configure_backends(device, precision)
+    configure_backends(device, precision, args.threads)
     return device, precision
 
 
@@ -234,12 +235,16 @@ def fresh_process_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def in_fresh_processes(path: str, args: argparse.Namespace) -> Dict:
-    """Every phase of `path`, each in a process of its own."""
+def in_fresh_processes(path: str, args: argparse.Namespace, bar: Optional[tqdm] = None) -> Dict:
+    """Every phase of `path`, each in a process of its own; `bar` says which runs and counts it done."""
     result = {}
     for phase in PHASES:
+        if bar is not None:
+            bar.set_postfix_str(f'{path} path, {phase}')
         with ProcessPoolExecutor(max_workers=1, mp_context=fresh_process_context()) as pool:
             result.update(pool.submit(measure, path, phase, args).result())
+        if bar is not None:
+            bar.update()
     return result
 
 
@@ -257,7 +262,7 @@ def build_report(args: argparse.Namespace, reference: Dict, ours: Dict) -> Dict:
                for path, result in (('reference', reference), ('ours', ours))}
     return {
         'model': args.model_name, 'pretrain': args.pretrain, 'device': str(pick_device(args.device)),
-        'torch_threads': args.threads or torch.get_num_threads(), 'img_size': args.img_size,
+        'torch_threads': chosen_threads(args.threads) or torch.get_num_threads(), 'img_size': args.img_size,
         'features': args.features_list,
         'n_images': args.n_images, 'batch_size': args.batch_size, 'shot': args.shot,
         'train_images': 2 * AUGMENTED_COPIES * args.shot,
@@ -314,8 +319,9 @@ def format_report(report: Dict) -> str:
              f"{SCORE_TOLERANCE[report['precision']]:g} in {report['precision']})",
              '', '| | reference-style | ours | ours vs reference |', '| --- | --- | --- | --- |']
     lines += [f'| {name} | {a} | {b} | {c} |' for name, a, b, c in rows]
+    target = f' (target < {100 * OVERHEAD_TARGET:.0f} %)' if report['model'] == OVERHEAD_TARGET_MODEL else ''
     lines += ['', f"encode_image alone: {ours['encode_image_images_per_s']:.3f} images/s; MVFA test pass overhead "
-                  f"{100 * report['mvfa_overhead']:.1f} % (target < {100 * OVERHEAD_TARGET:.0f} %), adapters "
+                  f"{100 * report['mvfa_overhead']:.1f} %{target}, adapters "
                   f"alone {100 * report['adapter_overhead']:.1f} %",
               '(ratios: throughput and speed-ups ours/reference, higher is better; memory ours/reference)']
     return '\n'.join(lines)

@@ -12,6 +12,10 @@ from mvfa.config import PAPER
 from mvfa.errors import Notice, UserError
 from mvfa.flags import MODEL_FLAGS, FlagParser
 from mvfa.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
+from mvfa.threads import yield_idle_threads
+
+# Every script imports this module before torch, and OpenMP reads its wait policy as torch loads it.
+yield_idle_threads()
 
 # The test scripts' default --save_path: where the README puts the authors' released checkpoints.
 FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS = './ckpt/few-shot/', './ckpt/zero-shot/'
@@ -19,7 +23,7 @@ FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS = './ckpt/few-shot/', './ckpt/zero-s
 
 def add_model_arguments(p: FlagParser) -> None:
     """The flags that build the model and say where and how it runs (also predict.py's and reproduce.py's)."""
-    for name in (*MODEL_FLAGS, 'seed', 'device', 'precision'):
+    for name in (*MODEL_FLAGS, 'seed', 'device', 'precision', 'threads'):
         p.add(name)
 
 

@@ -129,6 +129,9 @@ FLAGS: Dict[str, Flag] = {
     'device': Flag('cuda, mps or cpu (default: cuda if available, else mps, else cpu)', forwarded_to=ALL_RUNS),
     'precision': Flag('autocast dtype; auto: fp16 on CUDA (as the authors), fp32 elsewhere', default='auto',
                       choices=('auto', *PRECISIONS), forwarded_to=ALL_RUNS),
+    'threads': Flag("torch's CPU threads (default: OMP_NUM_THREADS or MKL_NUM_THREADS if set, else the CPUs this "
+                    "process may use: its affinity and cgroup quota)", int, rule=POSITIVE_INTEGER,
+                    forwarded_to=ALL_RUNS),
     # How test scores are normalised, and their intervals (mvfa/intervals.py, mvfa/inductive.py).
     'normalisation': Flag(NORMALISATION_HELP, default='test', choices=NORMALISATIONS),
     'bootstrap': Flag('resamples of the 95 %% bootstrap intervals of the AUROCs in the --results file; 0: none', int,
@@ -140,7 +143,7 @@ FLAGS: Dict[str, Flag] = {
     **{name: Flag(help, int, rule=POSITIVE_INTEGER) for name, help in (
         ('epochs', 'epochs'), ('n_test', 'test images per class'), ('n_valid', 'valid images per class'),
         ('n_train', 'training images per category'), ('iterations', 'draws per seed list'),
-        ('threads', 'CPU threads'), ('workers', 'worker processes'), ('random_draws', 'N seeded random draws'))},
+        ('workers', 'worker processes'), ('random_draws', 'N seeded random draws'), ('repeats', 'repetitions'))},
     'shots': Flag('k of the k-shot support sets', int, nargs='+', rule=POSITIVE_INTEGER),
     'iterates': Flag('lines a-<i>/n-<i> of the seed lists', int, nargs='+',
                      rule=Rule(lambda value: value >= 0, 'a line of the seed lists: an integer from 0')),

@@ -1,7 +1,7 @@
 """Where and how a run computes: the device, the precision, and the process-wide settings they need.
 
 `pick_device` and `resolve_precision` only decide; `configure_backends` is the one call that
-changes process-wide state (float modes, cuDNN, malloc), made once by a script's session.
+changes process-wide state (float modes, cuDNN, malloc, CPU threads), made once by a script's session.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from mvfa.errors import UserError
+from mvfa.threads import chosen_threads
 
 # glibc's mallopt parameters (malloc.h): never serve allocations by mmap, never trim the heap.
 M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
@@ -47,8 +48,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return 'fp16' if device.type == 'cuda' else 'fp32'
 
 
-def configure_backends(device: torch.device, precision: str) -> None:
+def configure_backends(device: torch.device, precision: str, threads: Optional[int] = None) -> None:
     """Process-wide settings for a run on `device` at `precision`.
+
+    - torch's CPU threads: `threads` (--threads), else the user's OMP_NUM_THREADS or
+      MKL_NUM_THREADS, else the CPUs this process may use (`mvfa.threads.chosen_threads`).
 
     - fp32 means fp32: no TF32 in CUDA matrix products or cuDNN convolutions (their defaults
       differ, and cuDNN picks other algorithms at other batch sizes, so scores would depend on it).
@@ -57,6 +61,9 @@ def configure_backends(device: torch.device, precision: str) -> None:
       1e-38 change no score.
     - On the CPU, freed memory is kept for reuse (`reuse_freed_memory`).
     """
+    count = chosen_threads(threads)
+    if count is not None:
+        torch.set_num_threads(count)
     exact = precision == 'fp32'
     torch.backends.cuda.matmul.allow_tf32 = not exact
     torch.backends.cudnn.allow_tf32 = not exact

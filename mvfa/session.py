@@ -87,7 +87,8 @@ class Session:
         self.args = args
         self.device = pick_device(args.device)
         self.precision = resolve_precision(args.precision, self.device)
-        configure_backends(self.device, self.precision)
+        # getattr: the flags of a results file written before --threads existed (mvfa.figures) lack it.
+        configure_backends(self.device, self.precision, getattr(args, 'threads', None))
         self.model: Optional[MultiLevelAdaptedCLIP] = None
 
     def load_model(self, checkpoint: Optional[Path] = None) -> MultiLevelAdaptedCLIP:
