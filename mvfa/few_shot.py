@@ -103,7 +103,7 @@ def few_shot_test(args: argparse.Namespace, given_model_flags: Set[str]) -> Eval
     evaluation = evaluate(model, loader, text_features, data.has_masks, bank, keep_maps=args.save_vis is not None)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
-        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.records, evaluation, args.img_size)
     write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation, session.provenance(
         data.images, made.get('selection'), made.get('step'), data.support_images, checkpoint))
     return evaluation

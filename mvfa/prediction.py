@@ -23,7 +23,7 @@ from mvfa import scoring
 from mvfa.checkpoint import adopt_model_flags
 from mvfa.memory_bank import build_memory_bank
 from mvfa.session import Session
-from mvfa.visualize import Tick, at_image_size, write_panel
+from mvfa.visualize import ColourScale, Drawing, panel, per_image_scale, unique_png_names, write_panel
 from utils import augment
 
 # The fewest references that give a spread: the few-shot part of a reference is measured against the others.
@@ -32,6 +32,13 @@ MIN_REFERENCES = 2
 MIN_SPREAD = 1e-6
 # Heatmap colour scale with references: full red this many reference standard deviations above normal.
 HEATMAP_FULL_SCALE = 4.0
+# With references the maps are in reference standard deviations: one fixed scale, so colours compare across
+# images. Without, they are raw probabilities, often all near zero: each image gets its own range.
+REFERENCE_SCALE = ColourScale(0.0, HEATMAP_FULL_SCALE, 'fixed',
+                              f'colours: pixel score in reference standard deviations above normal, 0 (blue) to '
+                              f'{HEATMAP_FULL_SCALE:g} (red) and above: a fixed scale, comparable across images',
+                              unit=' sd')
+ZERO_SHOT_MAP = 'zero-shot abnormal probability'
 CSV_COLUMNS = ('path', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
 
 
@@ -146,9 +153,9 @@ class Calibration:
         return self.zero_shot_weight * zero + self.few_shot_weight * few, zero, few
 
     def heatmap(self, parts: Parts) -> Tensor:
-        fused = (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
-                 + self.few_shot_weight * self.few_map.standardise(parts.few_map))
-        return fused / HEATMAP_FULL_SCALE
+        """(B, S, S) fused pixel scores in reference standard deviations (0: normal)."""
+        return (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
+                + self.few_shot_weight * self.few_map.standardise(parts.few_map))
 
 
 class Reference:
@@ -174,27 +181,27 @@ class Reference:
 
 def heatmap_paths(images: Sequence[Path], folder: Path) -> List[Path]:
     """`<folder>/<stem>.png` per input, numbered where stems repeat (same name in two folders)."""
-    paths, taken = [], set()
-    for image in images:
-        name, copy = f'{image.stem}.png', 1
-        while name in taken:
-            name, copy = f'{image.stem}-{copy}.png', copy + 1
-        taken.add(name)
-        paths.append(folder / name)
-    return paths
+    return [folder / name for name in unique_png_names([image.stem for image in images])]
 
 
-def colour_scale(calibrated: bool) -> List[Tick]:
-    """Ticks of the heatmap's colour bar: reference standard deviations above normal, or the zero-shot probability."""
-    if calibrated:
-        return [(sd / HEATMAP_FULL_SCALE, f'{sd} sd') for sd in range(math.floor(HEATMAP_FULL_SCALE) + 1)]
-    return [(p, f'{p:g}') for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+def heatmap_scale(heatmap: np.ndarray, calibrated: bool) -> ColourScale:
+    """The fixed reference scale, or without references the map's own range (see REFERENCE_SCALE)."""
+    return REFERENCE_SCALE if calibrated else per_image_scale(heatmap, ZERO_SHOT_MAP)
 
 
-def write_heatmap(path: Path, source: Path, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
-    """Input | JET overlay of `heatmap` (0 blue, 1 and above red) | colour bar, at the size of the input as read."""
-    image, anomaly_map = at_image_size(np.asarray(open_image(source)), heatmap.clamp(0, 1).numpy())
-    write_panel(path, image, anomaly_map, ticks=ticks)
+def heatmap_header(source: Path, score: float, calibrated: bool) -> str:
+    return (f'{source.name} | score: {score:.2f} sd above the references' if calibrated else
+            f'{source.name} | score: {score:.3g} ({ZERO_SHOT_MAP}, uncalibrated)')
+
+
+def write_heatmap(path: Path, source: Path, heatmap: Tensor, score: float, calibrated: bool) -> Drawing:
+    """Titled panels input | JET overlay of `heatmap` | colour bar, at the size of the input as read; the
+    score above them, what the colours mean under them. Returns the figure written."""
+    anomaly_map = heatmap.numpy()
+    drawing = panel(np.asarray(open_image(source)), anomaly_map, heatmap_scale(anomaly_map, calibrated),
+                    heatmap_header(source, score, calibrated))
+    write_panel(path, drawing)
+    return drawing
 
 
 def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]:
@@ -215,7 +222,6 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
     heatmaps[0].parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
-    ticks = colour_scale(calibrated=reference is not None)
     rows: List[Dict] = []
     for images in tqdm(loader, desc='predict'):
         parts = score_parts(model, images, text_features, banks)
@@ -225,7 +231,7 @@ def predict(args: argparse.Namespace, given_model_flags: Set[str]) -> List[Dict]
             (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
         for i in range(len(images)):
             index = len(rows)
-            write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
+            write_heatmap(heatmaps[index], inputs[index], maps[i].float().cpu(), score[i].item(), reference is not None)
             rows.append({'path': str(inputs[index]), 'score': score[i].item(), 'zero_shot': zero[i].item(),
                          'few_shot': None if few is None else few[i].item(), 'zero_shot_raw': parts.zero[i].item(),
                          'few_shot_raw': None if parts.few is None else parts.few[i].item(),
