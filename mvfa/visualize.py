@@ -128,19 +128,23 @@ def text_width(text: str, scale: float) -> int:
 
 def wrap(text: str, width: int, scale: float) -> List[str]:
     """`text` in lines no wider than `width` at `scale`, broken between words (a longer word stays whole).
-    A line is measured as the sum of its words and spaces, each measured once: a pixel or two over the
-    width of the line drawn, so lines never overflow."""
+    Each word is measured once and a line as the sum of its words and spaces, which runs a pixel or two
+    over the line drawn: a line that sum puts over `width` is measured whole."""
     space = text_width(' ', scale)
     lines: List[str] = []
     line_width = 0
     for word in text.split():
         word_width = text_width(word, scale)
-        if lines and line_width + space + word_width <= width:
-            lines[-1] += f' {word}'
-            line_width += space + word_width
-        else:
-            lines.append(word)
-            line_width = word_width
+        if lines:
+            longer = line_width + space + word_width
+            if longer > width:
+                longer = text_width(f'{lines[-1]} {word}', scale)
+            if longer <= width:
+                lines[-1] += f' {word}'
+                line_width = longer
+                continue
+        lines.append(word)
+        line_width = word_width
     return lines or ['']
 
 
