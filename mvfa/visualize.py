@@ -5,8 +5,8 @@ and a caption under them that says what the colours mean.
 The maps are those of `evaluate(..., keep_maps=True)`, normalised over the test set, so colours
 compare across the images of one run (red: the most anomalous pixels of the test set). predict.py
 draws its own images with the same `panel`, at each image's own size and with its own colour scale.
-Drawn with OpenCV, not matplotlib: a few milliseconds an image, so `--save_vis` over a test set of
-thousands stays quick.
+Drawn with OpenCV, not matplotlib: a few milliseconds an image beside the PNG encoding, so
+`--save_vis` over a test set of thousands stays quick.
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def wrap(text: str, width: int, scale: float) -> List[str]:
     return lines or ['']
 
 
-# Titles, captions and colour bars repeat over the images of a run: each is drawn once (read-only copies).
+# Titles, captions and colour bars repeat over the images of a run: each is drawn once, then kept read-only.
 @lru_cache(maxsize=64)
 def text_block(text: str, width: int, scale: float, wrapped: bool = False) -> np.ndarray:
     """(h, width, 3): `text` in TEXT on BACKGROUND, centred; wrapped onto lines, else on one line. A line

@@ -82,9 +82,10 @@ def test_heatmaps_named_sized_and_titled(tmp_path, records):
     # panel, a caption. A header line is a few hundred dark pixels; an empty one would have none.
     header = [region(read(path), figure.boxes['header']) for path, figure in zip(written, figures)]
     assert min(dark(h) for h in header) > 300 and (header[0] != header[1]).any()
+    title_height = line_height(font_scale(MIN_HEIGHT))
     for title in (INPUT_TITLE, MASK_TITLE, MAP_TITLE, TEST_SET_SCALE.title):
-        title_top, title_left, _, width = boxes[title]
-        assert dark(pixels[title_top - line_height(font_scale(MIN_HEIGHT)):title_top, title_left:title_left + width]) > 30
+        panel_top, left, _, width = boxes[title]
+        assert dark(pixels[panel_top - title_height:panel_top, left:left + width]) > 30
     assert dark(region(pixels, boxes['caption'])) > 500
 
 

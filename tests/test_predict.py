@@ -257,7 +257,8 @@ def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images,
         heatmap = read_rgb(Path(row['heatmap']))
         assert heatmap.shape == layout.pixels.shape
         for part in (INPUT_TITLE, prediction.REFERENCE_SCALE.title, 'header', 'caption'):
-            np.testing.assert_array_equal(region(heatmap, layout.boxes[part]), region(layout.pixels, layout.boxes[part]))
+            box = layout.boxes[part]
+            np.testing.assert_array_equal(region(heatmap, box), region(layout.pixels, box))
 
 
 def test_reference_scores_fuse_with_the_weights_of_the_model_config(mixed_images):

@@ -60,8 +60,8 @@ def has_jet_colour_bar(path: Path) -> bool:
 
 def test_shot_curve_says_what_its_band_is():
     """Catches: a band with no legend entry, or one drawn (and named) for a single draw, where there is no std."""
-    figure = plots.shot_curve_figure([1, 2], {'image': [(70.0, 3.0), (75.0, 2.0)], 'pixel': [(90.0, None), (92.0, None)]},
-                                     {'image': [None, 80.0], 'pixel': [None, None]})
+    ours = {'image': [(70.0, 3.0), (75.0, 2.0)], 'pixel': [(90.0, None), (92.0, None)]}
+    figure = plots.shot_curve_figure([1, 2], ours, {'image': [None, 80.0], 'pixel': [None, None]})
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     plots.pyplot().close(figure)
     assert labels == ['image AUROC', 'image band: ± 1 sample std over draws', 'image, paper', 'pixel AUROC']
