@@ -33,9 +33,11 @@ What the score means:
   So 0 is a typical normal image and the unit is the spread among the references: a score of 3
   is three reference standard deviations above normal. The same references give the same
   scale, so scores compare across calls; more references give a steadier scale.
-Heatmaps use the same units per pixel (with references: red at 4 reference
-standard deviations, blue at the reference mean; without: the probability, red at 1), drawn on
-each input at its own size (the longer side capped at 1024 px) beside a colour bar of that scale.
+Heatmaps use the same units per pixel. With references the scale is fixed: red at 4 reference
+standard deviations, blue at the reference mean. Without, it is per image: blue at the map's
+lowest probability, red at its highest (often all near 0, which a 0-1 scale would paint one
+blue), so colours do not compare across images. Drawn on each input at its own size (the longer
+side capped at 1024 px), titled, with a colour bar of that scale and a caption saying which.
 """
 from __future__ import annotations
 

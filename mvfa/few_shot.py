@@ -107,7 +107,7 @@ def few_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
                           inductive=inductive)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
-        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.records, evaluation, args.img_size)
     write_results(args, 'normal-only' if args.normal_only else 'few-shot', evaluation, session.provenance(
         data.images, made.get('selection'), made.get('step'), data.support_images, checkpoint))
     return evaluation

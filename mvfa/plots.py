@@ -38,16 +38,26 @@ def save(figure, path: Path) -> None:
 
 def shot_curve(path: Path, shots: Sequence[int], ours: Dict[str, List[MeanStd]],
                paper: Dict[str, List[Optional[float]]]) -> None:
-    """AUROC (%) against k, image and pixel: our mean with a ± std band over the draws, the paper's points."""
+    """`shot_curve_figure` as a PNG file."""
+    save(shot_curve_figure(shots, ours, paper), path)
+
+
+def shot_curve_figure(shots: Sequence[int], ours: Dict[str, List[MeanStd]], paper: Dict[str, List[Optional[float]]]):
+    """AUROC (%) against k, image and pixel: our mean over the objects, averaged over the draws, with a band
+    of ± 1 sample std of it over the draws (`studies.variant_rows`; no band for one draw), and the paper's
+    points. The legend says what the band is."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for level, points in ours.items():
-        measured = [(k, mean, std or 0.0) for k, (mean, std) in zip(shots, points) if mean is not None]
+        measured = [(k, mean, std) for k, (mean, std) in zip(shots, points) if mean is not None]
         if not measured:
             continue
-        k, mean, std = (np.array(column, dtype=float) for column in zip(*measured))
+        k, mean = (np.array(column, dtype=float) for column in zip(*[(k, mean) for k, mean, _ in measured]))
         axes.plot(k, mean, marker='o', color=LEVEL_COLOURS[level], label=f'{level} AUROC')
-        axes.fill_between(k, mean - std, mean + std, color=LEVEL_COLOURS[level], alpha=0.2)
+        if any(std is not None for _, _, std in measured):
+            std = np.array([std or 0.0 for _, _, std in measured])
+            axes.fill_between(k, mean - std, mean + std, color=LEVEL_COLOURS[level], alpha=0.2,
+                              label=f'{level} band: ± 1 sample std over draws')
         published = [(k, value) for k, value in zip(shots, paper[level]) if value is not None]
         if published:
             axes.scatter(*zip(*published), marker='*', s=120, color=LEVEL_COLOURS[level], edgecolor='black',
@@ -58,7 +68,7 @@ def shot_curve(path: Path, shots: Sequence[int], ours: Dict[str, List[MeanStd]],
     axes.set_ylabel('AUROC (%), mean over objects')
     axes.grid(alpha=0.3)
     axes.legend(fontsize='small')
-    save(figure, path)
+    return figure
 
 
 def tsne_panels(path: Path, panels: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -82,7 +92,9 @@ def level_map_panel(path: Path, rows: Sequence[Tuple[str, np.ndarray, Optional[n
                     level_names: Sequence[str]) -> None:
     """Per image (title, image (S, S, 3) in [0, 1], mask (S, S) or None, level maps (K, S, S), fused map (S, S)):
     a row of the image, its mask, each level's map and the fused map over the image, drawn as every heatmap
-    of the project (`visualize.overlay`: JET, 0 blue to 1 red)."""
+    of the project (`visualize.overlay`: JET, 0 blue to 1 red), and a colour bar of that scale."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from mvfa.visualize import overlay, to_uint8  # torch: only when a panel is drawn
     plt = pyplot()
     columns = ['image', 'mask', *level_names, 'fused']
@@ -101,4 +113,6 @@ def level_map_panel(path: Path, rows: Sequence[Tuple[str, np.ndarray, Optional[n
             ax.set_yticks([])
     for ax, name in zip(axes[0], columns):
         ax.set_title(name, fontsize='small')
+    bar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap='jet'), ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label('map value, normalised over the test set (each map alone)', fontsize='small')
     save(figure, path)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
-from dataset.bmad import DataError, image_transform, open_image
+from dataset.bmad import DataError, image_transform
 from dataset.volumes import Scan
 from mvfa import scoring
 from mvfa.memory_bank import build_memory_bank
@@ -25,7 +25,7 @@ from mvfa.outputs import atomic_write_all, csv_text
 from mvfa.scan_inputs import InputImage
 from mvfa.scan_maps import VolumeMaps
 from mvfa.session import Session
-from mvfa.visualize import Tick, at_image_size, write_panel
+from mvfa.visualize import ColourScale, Drawing, panel, per_image_scale, unique_names, write_panel
 from utils import augment
 
 # The fewest references that give a spread: the few-shot part of a reference is measured against the others.
@@ -34,7 +34,15 @@ MIN_REFERENCES = 2
 MIN_SPREAD = 1e-6
 # Heatmap colour scale with references: full red this many reference standard deviations above normal.
 HEATMAP_FULL_SCALE = 4.0
+# With references the maps are in reference standard deviations: one fixed scale, so colours compare across
+# images. Without, they are raw probabilities, often all near zero: each image gets its own range.
+REFERENCE_SCALE = ColourScale(0.0, HEATMAP_FULL_SCALE, 'fixed',
+                              f'colours: pixel score in reference standard deviations above normal, 0 (blue) to '
+                              f'{HEATMAP_FULL_SCALE:g} (red) and above: a fixed scale, comparable across images',
+                              unit=' sd')
+ZERO_SHOT_MAP = 'zero-shot abnormal probability'
 CSV_COLUMNS = ('path', 'slice', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
+
 
 
 class ImageFiles(Dataset):
@@ -143,9 +151,6 @@ class Calibration:
         return (self.zero_shot_weight * self.zero_map.standardise(parts.zero_map)
                 + self.few_shot_weight * self.few_map.standardise(parts.few_map))
 
-    def heatmap(self, parts: Parts) -> Tensor:
-        return self.pixel_scores(parts) / HEATMAP_FULL_SCALE
-
 
 class Reference:
     """The memory banks of the augmented normal references and the calibration they give."""
@@ -173,28 +178,28 @@ class Reference:
 
 def heatmap_paths(stems: Sequence[str], folder: Path, suffix: str = '.png') -> List[Path]:
     """`<folder>/<stem><suffix>` per input, numbered where stems repeat (same name in two folders)."""
-    paths, taken = [], set()
-    for stem in stems:
-        name, copy = f'{stem}{suffix}', 1
-        while name in taken:
-            name, copy = f'{stem}-{copy}{suffix}', copy + 1
-        taken.add(name)
-        paths.append(folder / name)
-    return paths
+    return [folder / name for name in unique_names(stems, suffix)]
 
 
-def colour_scale(calibrated: bool) -> List[Tick]:
-    """Ticks of the heatmap's colour bar: reference standard deviations above normal, or the zero-shot probability."""
-    if calibrated:
-        return [(sd / HEATMAP_FULL_SCALE, f'{sd} sd') for sd in range(math.floor(HEATMAP_FULL_SCALE) + 1)]
-    return [(p, f'{p:g}') for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+def heatmap_scale(heatmap: np.ndarray, calibrated: bool) -> ColourScale:
+    """The fixed reference scale, or without references the map's own range (see REFERENCE_SCALE)."""
+    return REFERENCE_SCALE if calibrated else per_image_scale(heatmap, ZERO_SHOT_MAP)
 
 
-def write_heatmap(path: Path, source: Path | InputImage, heatmap: Tensor, ticks: Sequence[Tick]) -> None:
-    """Input | JET overlay of `heatmap` (0 blue, 1 and above red) | colour bar, at the size of the input as read."""
-    picture = source.picture() if isinstance(source, InputImage) else open_image(source)
-    image, anomaly_map = at_image_size(np.asarray(picture), heatmap.clamp(0, 1).numpy())
-    write_panel(path, image, anomaly_map, ticks=ticks)
+def heatmap_header(source: InputImage, score: float, calibrated: bool) -> str:
+    name = source.path.name if source.index is None else f'{source.path.name} {source.axis} slice {source.index}'
+    return (f'{name} | score: {score:.2f} sd above the references' if calibrated else
+            f'{name} | score: {score:.3g} ({ZERO_SHOT_MAP}, uncalibrated)')
+
+
+def write_heatmap(path: Path, source: InputImage, heatmap: Tensor, score: float, calibrated: bool) -> Drawing:
+    """Titled panels input | JET overlay of `heatmap` | colour bar, at the size of the input as read; the
+    score above them, what the colours mean under them. Returns the figure written."""
+    anomaly_map = heatmap.numpy()
+    drawing = panel(np.asarray(source.picture()), anomaly_map, heatmap_scale(anomaly_map, calibrated),
+                    heatmap_header(source, score, calibrated))
+    write_panel(path, drawing)
+    return drawing
 
 
 def references_among(inputs: Sequence[InputImage], references: Sequence[InputImage]) -> Dict[int, int]:
@@ -222,7 +227,6 @@ def predict(args: argparse.Namespace, inputs: List[InputImage], scans: Sequence[
     heatmaps = heatmap_paths([image.name for image in inputs], args.out / 'heatmaps')
     loader = DataLoader(ImageFiles(inputs, args.img_size), batch_size=args.batch_size, **session.loader_options())
     banks = None if reference is None else reference.banks
-    ticks = colour_scale(calibrated=reference is not None)
     reference_of = references_among(inputs, references or [])
     if reference_of:
         print(f'{len(reference_of)} of the inputs are references too: each is scored against the other references '
@@ -237,11 +241,12 @@ def predict(args: argparse.Namespace, inputs: List[InputImage], scans: Sequence[
         if reference is None:
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:
-            (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.heatmap(parts)
+            (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.pixel_scores(parts)
         pixels = parts.zero_map if reference is None else reference.calibration.pixel_scores(parts)
         for i in range(len(images)):
             index = len(rows)
-            write_heatmap(heatmaps[index], inputs[index], maps[i].cpu(), ticks)
+            write_heatmap(heatmaps[index], inputs[index], maps[i].float().cpu(), score[i].item(),
+                          reference is not None)
             if inputs[index].index is not None:  # a slice of a volume: its map goes into the volume's NIfTI
                 volumes.add(inputs[index], score[i].item(), pixels[i].float().cpu().numpy())
             rows.append({'path': str(inputs[index].path), 'slice': inputs[index].index, 'score': score[i].item(),

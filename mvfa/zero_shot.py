@@ -91,7 +91,7 @@ def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation
                           keep_maps=args.save_vis is not None, inductive=inductive)
     print(evaluation.report(args.obj))
     if args.save_vis is not None:
-        save_evaluation_heatmaps(args.save_vis, args.obj, data.images, evaluation, args.img_size)
+        save_evaluation_heatmaps(args.save_vis, args.obj, data.records, evaluation, args.img_size)
     write_results(args, 'zero-shot', evaluation, session.provenance(
         data.images, made.get('selection'), made.get('step'), checkpoint=checkpoint))
     return evaluation

@@ -3,6 +3,7 @@ reproduce.py on synthetic data in both layouts, and one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import List
@@ -172,7 +173,12 @@ def flags(data: Path, save: Path, *extra: str) -> List[str]:
 def test_train_few_and_test_few_on_an_mvtec_category(mvtec, tmp_path):
     argv = flags(mvtec, tmp_path / 'ckpt', '--obj', TARGET, '--shot', '2', '--iterate', '-1')
     trained = train_few.main(argv + ['--epoch', '1', '--batch_size', '64', '--results', str(tmp_path / 'train.json')])
-    tested = test_few.main(argv + ['--results', str(tmp_path / 'test.json')])
+    tested = test_few.main(argv + ['--results', str(tmp_path / 'test.json'), '--save_vis', str(tmp_path / 'vis')])
+    # One heatmap per test image, named by its defect folder and file, as the defects share file names.
+    drawn = sorted(path.name for path in (tmp_path / 'vis').iterdir())
+    assert len(drawn) == 2 * N_TEST - 2
+    assert all(re.fullmatch(rf'{TARGET}_(good|Ungood)_\d\.\d{{3}}_(good|{"|".join(DEFECTS)})-\d{{3}}\.png', name)
+               for name in drawn)
     for name, result in (('train.json', trained), ('test.json', tested)):
         record = json.loads((tmp_path / name).read_text())
         assert len(record['image_scores']) == len(record['images']) == 2 * N_TEST - 2

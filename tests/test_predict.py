@@ -6,7 +6,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -24,8 +24,10 @@ from dataset.bmad import load_image, open_image
 from mvfa import prediction
 from mvfa.cli import run
 from mvfa.config import PAPER
-from mvfa.visualize import GAP, MAX_SIDE, colour_bar, overlay
+from mvfa.visualize import (GAP, INPUT_TITLE, MAP_TITLE, MAX_SIDE, MIN_HEIGHT, TEST_SET_SCALE, at_display_size, overlay,
+                            panel)
 from mvfa.metrics import auroc
+from mvfa.scan_inputs import InputImage
 from prompt import encode_text_with_prompt_ensemble
 
 FEATURES = ['3', '6', '9', '12']
@@ -117,15 +119,28 @@ def test_zero_shot_scores_images_of_any_size_and_mode(tmp_path, checkpoint, mixe
         assert row['score'] == pytest.approx(hand_zero_shot(built_models[0], 'Brain', row['path'], SMALL_SIZE),
                                              abs=1e-5)
         assert row['few_shot'] is None and row['few_shot_raw'] is None
-        # Input | overlay | colour bar, at the input's own size, whatever the model's.
-        width, height = open_image(Path(row['path'])).size
-        bar_width = colour_bar(height, prediction.colour_scale(calibrated=False)).shape[1]
-        assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
+        # The input at its own size (enlarged to MIN_HEIGHT: these are small), whatever the model's.
+        assert input_top(read_rgb(Path(row['heatmap'])), Path(row['path'])) is not None
     assert len({row['heatmap'] for row in rows}) == 5  # the two gray.png do not overwrite each other
 
 
 def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert('RGB'))
+
+
+def input_top(heatmap: np.ndarray, source: Path) -> Optional[int]:
+    """The top row of the heatmap's left panel where that is the input as read, at its display size (at
+    least MIN_HEIGHT high), below the header and titles; None where it is not."""
+    image = at_display_size(np.asarray(open_image(source)), np.zeros((2, 2)))[0]
+    height, width = image.shape[:2]
+    found = [top for top in range(1, heatmap.shape[0] - height)
+             if np.array_equal(heatmap[top:top + height, :width], image)]
+    return found[0] if height >= MIN_HEIGHT and found else None
+
+
+def region(pixels: np.ndarray, box) -> np.ndarray:
+    top, left, height, width = box
+    return pixels[top:top + height, left:left + width]
 
 
 def is_red(pixel: np.ndarray) -> bool:
@@ -138,34 +153,53 @@ def is_blue(pixel: np.ndarray) -> bool:
 
 def test_heatmap_is_drawn_at_the_input_size_with_a_colour_bar(tmp_path, checkpoint):
     source = tmp_path / 'wide.png'
-    pixels = np.random.default_rng(2).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(2).integers(0, 256, (MIN_HEIGHT, 420, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(source)
     rows = predict.main(model_flags(checkpoint, SMALL_SIZE) + ['--out', str(tmp_path / 'out'), str(source)])
     heatmap = read_rgb(Path(rows[0]['heatmap']))
-    bar = colour_bar(40, prediction.colour_scale(calibrated=False))
-    assert heatmap.shape == (40, 70 + GAP + 70 + GAP + bar.shape[1], 3)
-    np.testing.assert_array_equal(heatmap[:, :70], pixels)  # the input as read, not the model's square copy
-    np.testing.assert_array_equal(heatmap[:, 2 * (70 + GAP):], bar)
-    strip = heatmap[:, 2 * (70 + GAP)]
-    assert is_red(strip[0]) and is_blue(strip[-1])
+    top = input_top(heatmap, source)
+    assert top is not None
+    # The colour bar right of the map, beside the panels: the JET strip, red at the top, blue at the bottom.
+    strip = heatmap[top:top + MIN_HEIGHT, 2 * (420 + GAP)]
+    assert is_red(strip[0]) and is_blue(strip[-1]) and len(np.unique(strip, axis=0)) > 100
 
 
 def test_heatmap_map_is_resized_onto_the_input(tmp_path):
-    """A map hot in its top-right corner is hot in the top-right corner of a 40x70 input."""
+    """A map hot in its top-right corner is hot in the top-right corner of a 240x420 input."""
     source = tmp_path / 'gray.png'
-    image = np.full((40, 70, 3), 128, dtype=np.uint8)
+    image = np.full((240, 420, 3), 128, dtype=np.uint8)
     Image.fromarray(image).save(source)
     anomaly_map = torch.zeros(SMALL_SIZE, SMALL_SIZE)
-    anomaly_map[:14, 42:] = 1.0  # rows 0-10, columns 52.5-70 of the input
+    anomaly_map[:14, 42:] = 1.0  # rows 0-60, columns 315-420 of the input
     path = tmp_path / 'heatmap.png'
-    prediction.write_heatmap(path, source, anomaly_map, prediction.colour_scale(calibrated=False))
-    drawn = read_rgb(path)[:, 70 + GAP:2 * 70 + GAP].astype(int)
-    by_hand = cv2.resize(anomaly_map.numpy(), (70, 40), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(drawn, overlay(image, by_hand))
-    # JET is warm (red above blue) above 0.5: the warm pixels are the hot corner, one pixel of blur around it.
+    drawing = prediction.write_heatmap(path, InputImage(source), anomaly_map, 0.5, calibrated=False)
+    np.testing.assert_array_equal(read_rgb(path), drawing.pixels)
+    drawn = region(drawing.pixels, drawing.boxes[MAP_TITLE]).astype(int)
+    by_hand = cv2.resize(anomaly_map.numpy(), (420, 240), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(drawn, overlay(image, by_hand))  # the map spans 0 to 1: its own range is 0-1
+    np.testing.assert_array_equal(region(drawing.pixels, drawing.boxes[INPUT_TITLE]), image)
+    # JET is warm (red above blue) above 0.5: the warm pixels are the hot corner, a few pixels of blur around it.
     rows, columns = np.nonzero(drawn[..., 0] > drawn[..., 2])
-    assert rows.min() == 0 and rows.max() <= 10 and columns.min() >= 52 and columns.max() == 69
-    assert len(rows) >= 9 * 16
+    assert rows.min() == 0 and rows.max() <= 63 and columns.min() >= 311 and columns.max() == 419
+    assert len(rows) >= 58 * 100
+
+
+def test_near_zero_map_shows_its_structure_on_a_per_image_scale(tmp_path):
+    """Catches: raw probabilities drawn on a fixed 0-1 scale, which paints a map in [0, 0.01] one blue."""
+    source = tmp_path / 'gray.png'
+    Image.fromarray(np.full((240, 240, 3), 128, dtype=np.uint8)).save(source)
+    ramp = torch.linspace(0.0, 0.01, SMALL_SIZE).repeat(SMALL_SIZE, 1)  # 0 at the left to 0.01 at the right
+    drawing = prediction.write_heatmap(tmp_path / 'heatmap.png', InputImage(source), ramp, 0.005, calibrated=False)
+    drawn = region(read_rgb(tmp_path / 'heatmap.png'), drawing.boxes[MAP_TITLE])
+    jet_colours = 2 * drawn[0].astype(int) - 128  # the blend with the grey input undone
+    assert is_blue(jet_colours[0]) and is_red(jet_colours[-1]) and len(np.unique(drawn[0], axis=0)) > 50
+    assert (np.ptp(jet_colours, axis=0) > 200).all()  # red, green and blue each span most of their range
+    # The same map on the fixed 0-1 scale: one blue, within a few levels.
+    fixed = panel(np.full((240, 240, 3), 128, dtype=np.uint8), ramp.numpy(), TEST_SET_SCALE, 'gray.png')
+    assert (np.ptp(region(fixed.pixels, fixed.boxes[MAP_TITLE])[0].astype(int), axis=0) < 10).all()
+    scale = prediction.heatmap_scale(ramp.numpy(), calibrated=False)
+    assert [label for _, label in scale.ticks()] == ['0', '0.0025', '0.005', '0.0075', '0.01']
+    assert 'per-image' in scale.caption and scale.title == 'per image'
 
 
 def test_large_input_is_capped(tmp_path):
@@ -174,21 +208,27 @@ def test_large_input_is_capped(tmp_path):
     gradient = np.linspace(0, 255, width, dtype=np.uint8)  # compresses well, unlike noise
     Image.fromarray(np.tile(gradient, (height, 1))).save(source)
     path = tmp_path / 'heatmap.png'
-    ticks = prediction.colour_scale(calibrated=True)
-    prediction.write_heatmap(path, source, torch.rand(SMALL_SIZE, SMALL_SIZE), ticks)
+    drawing = prediction.write_heatmap(path, InputImage(source), torch.rand(SMALL_SIZE, SMALL_SIZE), 1.0, calibrated=True)
     heatmap = read_rgb(path)
+    np.testing.assert_array_equal(heatmap, drawing.pixels)
     # The longer side capped at MAX_SIDE, aspect kept (1:2).
-    assert heatmap.shape == (MAX_SIDE, 2 * (MAX_SIDE // 2 + GAP) + colour_bar(MAX_SIDE, ticks).shape[1], 3)
-    strip = heatmap[:, 2 * (MAX_SIDE // 2 + GAP)]
+    assert drawing.boxes[INPUT_TITLE][2:] == drawing.boxes[MAP_TITLE][2:] == (MAX_SIDE, MAX_SIDE // 2)
+    top, left = drawing.boxes[prediction.REFERENCE_SCALE.title][:2]
+    strip = heatmap[top:top + MAX_SIDE, left]
     assert is_red(strip[0]) and is_blue(strip[-1])
 
 
 def test_colour_scales():
-    # With references: 0 (blue) to HEATMAP_FULL_SCALE (red) reference standard deviations above normal.
-    calibrated = prediction.colour_scale(calibrated=True)
-    assert calibrated[0] == (0.0, '0 sd') and calibrated[-1] == (1.0, f'{prediction.HEATMAP_FULL_SCALE:g} sd')
-    assert prediction.colour_scale(calibrated=False) == [(0.0, '0'), (0.25, '0.25'), (0.5, '0.5'), (0.75, '0.75'),
-                                                     (1.0, '1')]
+    # With references: 0 (blue) to HEATMAP_FULL_SCALE (red) reference standard deviations above normal, fixed.
+    reference = prediction.heatmap_scale(np.zeros((2, 2)), calibrated=True)
+    assert reference.ticks() == ((0.0, '0 sd'), (0.25, '1 sd'), (0.5, '2 sd'), (0.75, '3 sd'), (1.0, '4 sd'))
+    assert reference == prediction.heatmap_scale(np.ones((2, 2)), calibrated=True)
+    np.testing.assert_array_equal(reference.position(np.array([-1.0, 2.0, 9.0])), [0.0, 0.5, 1.0])
+    # Without: the map's own range; a constant map is drawn blue, not divided by zero.
+    own = prediction.heatmap_scale(np.array([0.2, 0.6]), calibrated=False)
+    assert (own.low, own.high) == (0.2, 0.6) and own.ticks()[-1] == (1.0, '0.6')
+    flat = prediction.heatmap_scale(np.full((2, 2), 0.3), calibrated=False)
+    np.testing.assert_array_equal(flat.position(np.full((2, 2), 0.3)), np.zeros((2, 2)))
 
 
 def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images, built_models):
@@ -211,10 +251,15 @@ def test_reference_mode_runs_on_mixed_images(tmp_path, checkpoint, mixed_images,
         assert row['zero_shot'] == pytest.approx((row['zero_shot_raw'] - zero['mean']) / zero['std'], abs=1e-4)
         few = calibration['few']
         assert row['few_shot'] == pytest.approx((row['few_shot_raw'] - few['mean']) / few['std'], abs=1e-4)
-        # The colour bar is in reference standard deviations.
-        width, height = open_image(Path(row['path'])).size
-        bar_width = colour_bar(height, prediction.colour_scale(calibrated=True)).shape[1]
-        assert Image.open(row['heatmap']).size == (2 * width + 2 * GAP + bar_width, height)
+        # The colour bar is in reference standard deviations: the figure is laid out as one with that scale.
+        image = np.asarray(open_image(Path(row['path'])))
+        layout = panel(image, np.zeros((2, 2)), prediction.REFERENCE_SCALE,
+                       prediction.heatmap_header(InputImage(Path(row['path'])), row['score'], calibrated=True))
+        heatmap = read_rgb(Path(row['heatmap']))
+        assert heatmap.shape == layout.pixels.shape
+        for part in (INPUT_TITLE, prediction.REFERENCE_SCALE.title, 'header', 'caption'):
+            box = layout.boxes[part]
+            np.testing.assert_array_equal(region(heatmap, box), region(layout.pixels, box))
 
 
 def test_reference_scores_fuse_with_the_weights_of_the_model_config(mixed_images):

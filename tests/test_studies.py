@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import reproduce
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa import figures, scoring, studies
+from mvfa import figures, plots, scoring, studies
 from mvfa.checkpoint import read_checkpoint
 from mvfa.evaluation import evaluate
 from mvfa.memory_bank import build_memory_bank
@@ -40,6 +41,30 @@ def study(data, folder: Path, name: str, *extra: str) -> list:
     return reproduce.main(TINY + ['--data_path', str(data), '--fewshot_seed_dir', str(data / 'fewshot_seed'),
                                   '--results_dir', str(folder / 'results'), '--ckpt_dir', str(folder / 'ckpt'),
                                   '--study', name, *extra])
+
+
+def has_jet_colour_bar(path: Path) -> bool:
+    """Whether the PNG holds a vertical JET strip: a column whose coloured pixels run from red at the top
+    through green to blue at the bottom, in many shades (an overlay column starts at a title or a frame)."""
+    pixels = np.asarray(Image.open(path).convert('RGB')).astype(int)
+    for column in pixels.transpose(1, 0, 2):
+        coloured = column[np.ptp(column, axis=1) > 60]  # not white, grey or black
+        if len(coloured) < 100:
+            continue
+        top, middle, bottom = coloured[0], coloured[len(coloured) // 2], coloured[-1]
+        if (top[0] > 100 > top[2] and bottom[2] > 100 > bottom[0] and middle[1] > max(middle[0], middle[2])
+                and len(np.unique(coloured, axis=0)) > 50):
+            return True
+    return False
+
+
+def test_shot_curve_says_what_its_band_is():
+    """Catches: a band with no legend entry, or one drawn (and named) for a single draw, where there is no std."""
+    ours = {'image': [(70.0, 3.0), (75.0, 2.0)], 'pixel': [(90.0, None), (92.0, None)]}
+    figure = plots.shot_curve_figure([1, 2], ours, {'image': [None, 80.0], 'pixel': [None, None]})
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    plots.pyplot().close(figure)
+    assert labels == ['image AUROC', 'image band: ± 1 sample std over draws', 'image, paper', 'pixel AUROC']
 
 
 def records(folder: Path) -> list:
@@ -178,7 +203,7 @@ def test_figure_studies_share_their_adapters_and_score_as_the_method(data, tmp_p
     assert float(row['fused pixel AUROC']) == pytest.approx(100 * record['pixel_auroc'], abs=1e-6)
     assert list(row)[-6:] == ['object', 'block 3 pixel AUROC', 'block 6 pixel AUROC', 'block 9 pixel AUROC',
                               'block 12 pixel AUROC', 'fused pixel AUROC']
-    assert (out / 'level_maps.png').read_bytes()[:8] == PNG_SIGNATURE
+    assert (out / 'level_maps.png').read_bytes()[:8] == PNG_SIGNATURE and has_jet_colour_bar(out / 'level_maps.png')
 
     # The t-SNE study tests the adapters level_maps trained (<ckpt_dir>/figures/), without training again.
     study(data, tmp_path, 'tsne', '--obj', 'Brain', '--shots', '1', '--skip_train')
