@@ -19,7 +19,7 @@ from mvfa.prediction import Calibration
 class Inductive:
     """Each part averaged over the `levels` and standardised by the reference images' spread of it, then
     fused with the config's weights; without references (zero-shot) the zero-shot part as it is. No
-    statistic of the test set enters (`evaluation.PerImageNormalisation`)."""
+    statistic of the test set enters (`scoring.PerImageNormalisation`)."""
     levels: int
     calibration: Optional[Calibration] = None
 

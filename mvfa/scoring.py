@@ -2,7 +2,8 @@
 
 Change the scoring here. `score_batch` turns one batch of adapter tokens (and a memory bank,
 when there is one) into image scores and anomaly maps; test scripts, model selection,
-`predict.py` and `bench.py` all score through it. The functions it is built from are pure,
+`predict.py` and `bench.py` all score through it. The test-set rules are here too: which head scores
+an object (`heads_scored`), and how a set's batches are normalised and fused (`test_set_scores`). The functions it is built from are pure,
 batched over images and computed on the tokens' device, without reading anything back to the
 host: a score of one image does not depend on the rest of its batch.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +164,7 @@ class BatchScores:
 
 
 def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, img_size: int,
-                bank: Optional[PatchDistances] = None, image_scores: bool = True, map_head: Optional[str] = None,
+                bank: Optional[PatchDistances] = None, *, image_scores: bool = True, map_head: Optional[str] = None,
                 config: MVFAConfig = PAPER, level_maps: bool = False) -> BatchScores:
     """Image scores (`image_scores`) and anomaly maps (of head `map_head`, 'seg' or 'det') of a batch;
     with `level_maps` also the maps of each level (the paper's Figure 4).
@@ -197,3 +198,43 @@ def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, i
                 if level_maps:
                     scores.few_level_maps = upsample(torch.stack(distances, dim=1), img_size)
     return scores
+
+
+# ---------------------------------------------------------------- the test-set rules
+
+class PerImageNormalisation(Protocol):
+    """Normalises each image's scores on its own (`mvfa.inductive.Inductive`, `--normalisation reference`)."""
+
+    def fuse(self, zero: Tensor, few: Optional[Tensor], maps: bool) -> Tensor:
+        """Summed-over-levels zero-shot (and few-shot, or None) image scores (B,) or maps (B, S, S), fused."""
+
+
+def normalised_scores(zero_shot: List[Tensor], few_shot: List[Tensor],
+                      inductive: Optional[PerImageNormalisation] = None, maps: bool = False) -> Tensor:
+    """The batches of zero-shot scores normalised over the test set, fused with the few-shot
+    ones where there are any; with `inductive`, each image's (`maps`: pixel maps) normalised on its own."""
+    if inductive is not None:
+        return inductive.fuse(torch.cat(zero_shot), torch.cat(few_shot) if few_shot else None, maps)
+    if not few_shot:
+        return min_max_normalise(torch.cat(zero_shot))
+    return fuse(torch.cat(zero_shot), torch.cat(few_shot))
+
+
+def heads_scored(has_masks: bool, few_shot: bool, keep_maps: bool) -> Tuple[Optional[str], bool]:
+    """(the head whose maps a test set is scored on, whether its image scores are needed): objects with masks
+    are scored on the seg head, and few-shot their image score comes from the fused map; the others on the det
+    head, whose maps are computed only where they are kept."""
+    return ('seg' if has_masks else ('det' if keep_maps else None)), not (has_masks and few_shot)
+
+
+def test_set_scores(parts: Dict[str, List[Tensor]], has_masks: bool, few_shot: bool,
+                    inductive: Optional[PerImageNormalisation] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """(image scores, pixel scores or None) of a whole test set from the `BatchScores` of its batches (`parts`:
+    each field's batches): normalised over the set, or each image on its own with `inductive`, then fused.
+    The image score of a few-shot object with masks is the maximum of its fused map."""
+    if not has_masks:
+        return normalised_scores(parts['zero_image'], parts['few_image'], inductive), None
+    pixel_scores = normalised_scores(parts['zero_map'], parts['few_map'], inductive, maps=True)
+    image_scores = (pixel_scores.flatten(1).amax(dim=1) if few_shot
+                    else normalised_scores(parts['zero_image'], parts['few_image'], inductive))
+    return image_scores, pixel_scores
