@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mvfa.cli import run
-from mvfa.flags import FlagParser, parse_or_exit
+from mvfa.runs.cli import run
+from mvfa.common.flags import FlagParser, parse_or_exit
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -56,8 +56,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
     from benchmarks import contention
     from benchmarks.compare import PATHS, PHASES, build_report, format_report, in_fresh_processes
-    from mvfa.runtime import pick_device
-    from mvfa.session import check_model_flags
+    from mvfa.engine.runtime import pick_device
+    from mvfa.engine.session import check_model_flags
     # Here, as one line, rather than as a traceback from each measuring process.
     check_model_flags(args)
     pick_device(args.device)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from mvfa.cli import run
-from mvfa.errors import UserError
-from mvfa.flags import FlagError, FlagParser
+from mvfa.runs.cli import run
+from mvfa.common.errors import UserError
+from mvfa.common.flags import FlagError, FlagParser
 
 
 def main(argv: Optional[List[str]] = None) -> str:
@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         if not path.is_file():
             raise UserError(f'no results file {path}')
     # Imported once the flags are checked: --help answers without numpy and scipy.
-    from mvfa.comparison import compare_files, comparison_text
+    from mvfa.studies.comparison import compare_files, comparison_text
     text = comparison_text(args.a, args.b, compare_files(args.a, args.b, args.bootstrap, args.bootstrap_seed))
     print(text, end='')
     return text

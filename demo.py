@@ -24,12 +24,12 @@ import train_few
 import train_zero
 from dataset import synthetic
 from dataset.objects import OBJECTS
-from mvfa.cli import parser, run
-from mvfa.flags import FlagParser
-from mvfa.outputs import Output, atomic_write, check_outputs, naming_command
+from mvfa.runs.cli import parser, run
+from mvfa.common.flags import FlagParser
+from mvfa.common.outputs import Output, atomic_write, check_outputs, naming_command
 
 if TYPE_CHECKING:
-    from mvfa.evaluation import Evaluation
+    from mvfa.engine.evaluation import Evaluation
 
 # A 12-block CLIP with random weights: nothing to download, fast on a CPU.
 TINY = 'tiny-clip'
@@ -106,9 +106,9 @@ def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: L
     """The adapters every training run starts from (the scripts seed, then build the model, as
     here), as `<folder>/<Obj>.pth` for the test scripts."""
     # Imported here, not at the top: --help answers without loading torch.
-    from mvfa.checkpoint import save_adapters
-    from mvfa.results import flag_values
-    from mvfa.session import Session
+    from mvfa.engine.checkpoint import save_adapters
+    from mvfa.engine.results import flag_values
+    from mvfa.engine.session import Session
     args = parser('untrained adapters', obj=OBJECTS[0], save_path=str(folder), few_shot=False,
                   training=False).parse_args(model_flags)
     model = Session(args).load_model()
@@ -163,7 +163,7 @@ def verdict(rows: Sequence[Row], selection: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     args = parse_args(argv)
-    from mvfa.session import check_image_size  # after parsing: --help answers without loading torch
+    from mvfa.engine.session import check_image_size  # after parsing: --help answers without loading torch
     check_image_size(TINY, args.img_size)  # before the data is written
     places = [Output('--ckpt_path', args.ckpt_path), Output('--out', args.out)]
     if not data_is_ready(args.data_path, data_settings(args.size, args.n_test)):

@@ -25,8 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from mvfa.cli import run
-from mvfa.flags import FlagParser, parse_or_exit
+from mvfa.runs.cli import run
+from mvfa.common.flags import FlagParser, parse_or_exit
 
 REPO = Path(__file__).resolve().parent
 OBJ = 'Brain'
@@ -102,7 +102,7 @@ def make_data(data_dir: Path, size: int, n_test: int, shot: int, workers: int) -
 def save_untrained_adapters(args: argparse.Namespace, path: Path) -> None:
     """The checkpoint test_few.py reads: adapters as initialised (speed does not depend on them)."""
     from CLIP import MultiLevelAdaptedCLIP, create_model
-    from mvfa.checkpoint import save_adapters
+    from mvfa.engine.checkpoint import save_adapters
     clip = create_model(args.model_name, args.img_size, None, 'cpu')
     save_adapters(MultiLevelAdaptedCLIP(clip, args.features_list), path)
 
@@ -190,8 +190,8 @@ def run_checks(args: argparse.Namespace, work_dir: Path) -> Tuple[List[Tuple[str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from mvfa.runtime import DeviceError, pick_device
-    from mvfa.session import check_model_flags
+    from mvfa.engine.runtime import DeviceError, pick_device
+    from mvfa.engine.session import check_model_flags
     check_model_flags(args)
     try:
         pick_device(args.device)

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mvfa import scoring
-from mvfa.config import PAPER, MVFAConfig
+from mvfa.method import scoring
+from mvfa.common.config import PAPER, MVFAConfig
 from prompt import ABNORMAL_COLUMN
 
 

@@ -44,12 +44,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mvfa.cli import add_model_arguments, add_scan_arguments, run
-from mvfa.flags import MODEL_FLAGS, FlagError, FlagParser
-from mvfa.outputs import FILE, Output, check_outputs
+from mvfa.runs.cli import add_model_arguments, add_scan_arguments, run
+from mvfa.common.flags import MODEL_FLAGS, FlagError, FlagParser
+from mvfa.common.outputs import FILE, Output, check_outputs
 from dataset.validate import decode_all
-from mvfa.scan_inputs import find_inputs
-from mvfa.sidecar import adopt_sidecar_flags, check_checkpoint_exists
+from mvfa.runs.scan_inputs import find_inputs
+from mvfa.common.sidecar import adopt_sidecar_flags, check_checkpoint_exists
 
 
 def build_parser() -> FlagParser:
@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     decode_all([(path, None) for path in image_files], 'the images')
     check_checkpoint_exists(args.checkpoint)
     # Imported once the flags, inputs and checkpoint path are checked: those answer without loading torch.
-    from mvfa.prediction import predict
+    from mvfa.runs.prediction import predict
     return predict(args, inputs, scans, references)
 
 

@@ -11,7 +11,7 @@ line 0, per k; `--random_draws 3` gives three seeded random draws instead):
 
     python reproduce.py --obj all --settings zero-shot few-shot --shots 4 --iterates 0
 
-`--study NAME` runs one of the paper's other studies instead (mvfa/studies.py): projectors, levels,
+`--study NAME` runs one of the paper's other studies instead (mvfa/studies/studies.py): projectors, levels,
 shots, tsne or level_maps, into <results_dir>/<study>/.
 """
 from __future__ import annotations
@@ -30,14 +30,14 @@ import train_zero
 from dataset.layouts import BMAD, DataError, detect_layout
 from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from dataset.validate import validate_object
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
-from mvfa.config import PAPER
-from mvfa.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NORMALISATION_HELP, PASS_THROUGH,
+from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, add_model_arguments, run
+from mvfa.common.config import PAPER
+from mvfa.common.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NORMALISATION_HELP, PASS_THROUGH,
                         TRAINING_RUNS, FlagError, FlagParser, flag_text)
-from mvfa.outputs import FILE, Output, atomic_write, check_outputs, naming_command
-from mvfa.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
-from mvfa.sidecar import CheckpointError
-from mvfa.studies import STUDIES, STUDY_HELP, write_csv
+from mvfa.common.outputs import FILE, Output, atomic_write, check_outputs, naming_command
+from mvfa.studies.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
+from mvfa.common.sidecar import CheckpointError
+from mvfa.studies.studies import STUDIES, STUDY_HELP, write_csv
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -298,10 +298,10 @@ def average_row(rows: List[Dict]) -> Dict:
 
 
 def add_intervals(row: Dict, groups: List[List[Dict]], tested: Optional[List[List[Dict]]]) -> None:
-    """A row's 95 % bootstrap intervals (mvfa/comparison.py): `groups` are its records per object (one
+    """A row's 95 % bootstrap intervals (mvfa/studies/comparison.py): `groups` are its records per object (one
     object, or an Average's), each a list of draws; `tested`, the same cells under the test rule, gives a
     reference row its paired difference from them (None elsewhere)."""
-    from mvfa import comparison  # numpy and scipy: only when a table is made
+    from mvfa.studies import comparison  # numpy and scipy: only when a table is made
     for level in LEVELS:
         scored = [records for records in groups if records[0].get(f'{level}_auroc') is not None]
         row[f'{level}_auroc_low'], row[f'{level}_auroc_high'] = comparison.percent_interval(scored, level)
@@ -379,7 +379,7 @@ def made_with_text(made: Dict[str, str]) -> str:
 
 
 def markdown(rows: List[Dict], made: Optional[Dict[str, str]] = None) -> str:
-    from mvfa.comparison import auroc_cell, difference_cell  # numpy and scipy: only when a table is made
+    from mvfa.studies.comparison import auroc_cell, difference_cell  # numpy and scipy: only when a table is made
     both = len({row.get('normalisation', 'test') for row in rows}) > 1
     header = ['Object', 'Selection', 'Draws'] + (['Normalisation'] if both else [])
     for level in LEVELS:
@@ -426,7 +426,7 @@ def write_summary(rows: List[Dict], made: Dict[str, str], results_dir: Path) -> 
 
 
 def run_study(args: argparse.Namespace) -> List[Dict]:
-    """A study of mvfa/studies.py: its variants' runs, then its tables and figures in <results_dir>/<study>/."""
+    """A study of mvfa/studies/studies.py: its variants' runs, then its tables and figures in <results_dir>/<study>/."""
     study = STUDIES[args.study]
     variants = study.variants(args)
     outcomes = [(variant, runs, records)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.outputs import check_outputs, checkpoint_path
-from mvfa.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
+from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.common.outputs import check_outputs, checkpoint_path
+from mvfa.common.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
 if TYPE_CHECKING:
-    from mvfa.evaluation import Evaluation
+    from mvfa.engine.evaluation import Evaluation
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
                     normal_only=args.normal_only)
     check_checkpoint_exists(checkpoint)
     # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
-    from mvfa.few_shot import few_shot_test
+    from mvfa.runs.few_shot import few_shot_test
     return few_shot_test(args, made)
 
 

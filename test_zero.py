@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.outputs import check_outputs, checkpoint_path
-from mvfa.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
+from mvfa.runs.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.common.outputs import check_outputs, checkpoint_path
+from mvfa.common.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
 if TYPE_CHECKING:
-    from mvfa.evaluation import Evaluation
+    from mvfa.engine.evaluation import Evaluation
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     validate_object(args.data_path, args.obj)
     check_checkpoint_exists(checkpoint)
     # Imported once the flags, data and checkpoint path are checked: those answer without loading torch.
-    from mvfa.zero_shot import zero_shot_test
+    from mvfa.runs.zero_shot import zero_shot_test
     return zero_shot_test(args, made)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.cli import FEW_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.config import PAPER
-from mvfa.outputs import check_outputs
+from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.common.config import PAPER
+from mvfa.common.outputs import check_outputs
 
 if TYPE_CHECKING:
-    from mvfa.evaluation import Evaluation
+    from mvfa.engine.evaluation import Evaluation
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
@@ -25,7 +25,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     validate_object(args.data_path, args.obj, shot=args.shot, iterate=args.iterate, seed_dir=args.fewshot_seed_dir,
                     decode=False)
     # Imported once the flags and data paths are checked: those answer without loading torch.
-    from mvfa.few_shot import few_shot_training
+    from mvfa.runs.few_shot import few_shot_training
     return few_shot_training(args)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_leave_one_out
-from mvfa.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.config import PAPER
-from mvfa.outputs import check_outputs
+from mvfa.runs.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.common.config import PAPER
+from mvfa.common.outputs import check_outputs
 
 if TYPE_CHECKING:
-    from mvfa.evaluation import Evaluation
+    from mvfa.engine.evaluation import Evaluation
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
@@ -24,7 +24,7 @@ def main(argv: Optional[List[str]] = None) -> Evaluation:
     check_outputs(script_outputs(args))
     validate_leave_one_out(args.data_path, args.obj, decode=False)
     # Imported once the flags and data paths are checked: those answer without loading torch.
-    from mvfa.zero_shot import zero_shot_training
+    from mvfa.runs.zero_shot import zero_shot_training
     return zero_shot_training(args)
 
 

@@ -15,7 +15,7 @@ from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
-from mvfa.config import ADAPTATIONS, PAPER, PRECISIONS, MVFAConfig
+from mvfa.common.config import ADAPTATIONS, PAPER, PRECISIONS, MVFAConfig
 
 # One tensor per adapted level, (B, 1 + L, embed_dim), class token first.
 LevelTokens = List[Tensor]

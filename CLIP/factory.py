@@ -17,8 +17,8 @@ import open_clip
 import torch
 from open_clip.model import CLIP, resize_pos_embed
 
-from mvfa.config import PAPER
-from mvfa.errors import UserError
+from mvfa.common.config import PAPER
+from mvfa.common.errors import UserError
 
 CLIP_DIR = Path(__file__).resolve().parent
 # Where the authors' instructions put OpenAI's weights; used before any download.

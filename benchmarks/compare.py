@@ -20,12 +20,12 @@ from benchmarks.reference import (Scores, reference_evaluate, reference_memory_b
                                   reference_train)
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from loss import MVFALoss
-from mvfa.config import PAPER
-from mvfa.evaluation import evaluate
-from mvfa.memory_bank import MemoryBank, build_memory_bank
-from mvfa.runtime import configure_backends, pick_device, resolve_precision
-from mvfa.threads import chosen_threads
-from mvfa.training import AdapterOptimizers, EpochLosses, cache_streams, frozen_streams, train_step
+from mvfa.common.config import PAPER
+from mvfa.engine.evaluation import evaluate
+from mvfa.method.memory_bank import MemoryBank, build_memory_bank
+from mvfa.engine.runtime import configure_backends, pick_device, resolve_precision
+from mvfa.common.threads import chosen_threads
+from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_streams, frozen_streams, train_step
 from utils import AUGMENTED_COPIES, augment, setup_seed
 
 # Scores of the two paths may differ by float rounding only: the parity tolerance in fp32; in fp16 or

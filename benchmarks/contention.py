@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 
 from tqdm import tqdm
 
-from mvfa.threads import usable_cpus
+from mvfa.common.threads import usable_cpus
 
 # A busy process stops by itself after this long, should bench.py be killed before it stops it.
 BUSY_LIMIT_S = 3600
@@ -78,7 +78,7 @@ def time_training(args: argparse.Namespace, threads: int) -> Dict[bool, List[flo
 
     from benchmarks.compare import load_model, make_workload, set_up_process, train_loader, train_ours
     from benchmarks.measure import timed
-    from mvfa.training import frozen_streams
+    from mvfa.engine.training import frozen_streams
     args = argparse.Namespace(**{**vars(args), 'threads': threads})
     device, _ = set_up_process(args)
     assert torch.get_num_threads() == threads

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from CLIP.adapter import AUTOCAST_DTYPES, MultiLevelAdaptedCLIP
 from loss import MVFALoss
-from mvfa import scoring
-from mvfa.memory_bank import MemoryBank
+from mvfa.method import scoring
+from mvfa.method.memory_bank import MemoryBank
 from prompt import ABNORMAL_COLUMN
 
 Scores = Tuple[np.ndarray, np.ndarray]  # (image scores (N,), pixel scores (N, S, S))

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from mvfa.config import PAPER
+from mvfa.common.config import PAPER
 
 from .layouts import HIGH_DEPTH_MODES, IMAGE_SUFFIXES, DataError, Record, detect_layout, open_image, read_image
 

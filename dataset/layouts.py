@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mvfa.errors import UserError
+from mvfa.common.errors import DataError
 
 from .objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
 
@@ -37,10 +37,6 @@ IMAGE_SUFFIXES = ('.png', '.jpeg', '.jpg', '.bmp', '.tif', '.tiff')
 NORMAL, ABNORMAL = 0, 1
 VISA_SPLIT_CSV = Path('split_csv') / '1cls.csv'
 VISA_COLUMNS = ('object', 'split', 'label', 'image', 'mask')
-
-
-class DataError(UserError):
-    """The data set is not as MVFA expects; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from mvfa.config import PAPER
-from mvfa.errors import Notice
+from mvfa.common.config import PAPER
+from mvfa.common.errors import Notice
 
 from .bmad import DataError, MedTestDataset, load_image, load_mask
 from .layouts import ABNORMAL, NORMAL, Layout, Record

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mvfa.config import PAPER
+from mvfa.common.config import PAPER
 
 from .bmad import MedTestDataset
 from .layouts import detect_layout

@@ -40,8 +40,8 @@ from dataset.layouts import DataError
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
 from dataset.volumes import Scan, canonical_affine, is_dicom, is_nifti, nifti_volume, read_dicom_series, \
     read_nifti, slice_image, stem, to_canonical
-from mvfa.cli import add_scan_arguments, run
-from mvfa.flags import FlagParser
+from mvfa.runs.cli import add_scan_arguments, run
+from mvfa.common.flags import FlagParser
 
 MIN_FOREGROUND = 0.10
 VALID_SHARE = 0.25

@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER, OBJECTS, has_masks
-from mvfa.flags import FlagParser, parse_or_exit
+from mvfa.common.flags import FlagParser, parse_or_exit
 
 SPLITS = ('valid', 'test')
 CLASSES = (NORMAL_FOLDER, ABNORMAL_FOLDER)

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .layouts import DataError
+from mvfa.common.errors import DataError
 
 # Level / width in HU of the named CT windows (the usual radiology settings, e.g. Radiopaedia's "Windowing (CT)").
 PRESETS: Dict[str, Tuple[float, float]] = {

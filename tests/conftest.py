@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 import parity  # noqa: E402  (tests/parity, beside this file)
 from CLIP import MultiLevelAdaptedCLIP, create_model  # noqa: E402  (needs the path above)
-from mvfa.checkpoint import load_adapters  # noqa: E402
+from mvfa.engine.checkpoint import load_adapters  # noqa: E402
 
 PARITY = parity.FOLDER
 
@@ -60,4 +60,4 @@ def parity_args(parity_files) -> list:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
-    torch.set_flush_denormal(True)  # as the scripts run (mvfa.runtime.configure_backends)
+    torch.set_flush_denormal(True)  # as the scripts run (mvfa.engine.runtime.configure_backends)

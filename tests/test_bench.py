@@ -18,7 +18,7 @@ import torch
 import bench
 from benchmarks import compare, contention
 from benchmarks.reference import attention_weights_requested
-from mvfa.runtime import reuse_freed_memory
+from mvfa.engine.runtime import reuse_freed_memory
 from open_clip.transformer import ResidualAttentionBlock
 
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12',

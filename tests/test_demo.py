@@ -13,8 +13,8 @@ import demo
 import train_few
 from dataset.bmad import load_image
 from dataset.layouts import Record
-from mvfa.checkpoint import read_checkpoint
-from mvfa.visualize import (BAR_SHARE, GAP, INPUT_TITLE, MAP_TITLE, MASK_TITLE, MIN_BAR, MIN_HEIGHT, NO_MASK_GREY,
+from mvfa.engine.checkpoint import read_checkpoint
+from mvfa.engine.visualize import (BAR_SHARE, GAP, INPUT_TITLE, MAP_TITLE, MASK_TITLE, MIN_BAR, MIN_HEIGHT, NO_MASK_GREY,
                             TEST_SET_SCALE, Drawing, font_scale, heatmap_names, jet, line_height, panel,
                             record_header, save_heatmaps, short_names, to_uint8)
 

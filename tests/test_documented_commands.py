@@ -20,7 +20,7 @@ import pytest
 import reproduce
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
 from dataset.synthetic import generate
-from mvfa.flags import FlagParser
+from mvfa.common.flags import FlagParser
 from scans import write_dicom, write_nifti
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ from benchmarks import compare
 from CLIP import factory
 from dataset import synthetic
 from dataset.synthetic import generate
-from mvfa.cli import parser, run
-from mvfa.flags import FlagError, check
+from mvfa.runs.cli import parser, run
+from mvfa.common.flags import FlagError, check
 
 FEW_SHOT = (train_few, test_few)
 
@@ -265,7 +265,7 @@ def test_help_shows_every_flag_with_its_default_without_importing_torch(command)
 PATH_PROBE = '''
 import sys
 import predict, test_few, test_zero, train_few, train_zero
-from mvfa.cli import run
+from mvfa.runs.cli import run
 data, nowhere = sys.argv[1:]
 for script, argv in ((train_few, ['--data_path', nowhere]), (train_zero, ['--data_path', nowhere]),
                      (test_few, ['--data_path', nowhere]), (test_zero, ['--data_path', data, '--save_path', nowhere]),

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpu_check
-from mvfa import cli
+from mvfa.runs import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 4

@@ -1,4 +1,4 @@
-"""mvfa/intervals.py on hand-made cases and seeded simulations: exact resampled AUROCs, the pixel
+"""mvfa/method/intervals.py on hand-made cases and seeded simulations: exact resampled AUROCs, the pixel
 binning and its stated error, coverage of the intervals, paired tests and DeLong; compare.py."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from scipy import stats
 
 import compare
-from mvfa import comparison, intervals
-from mvfa.cli import run
-from mvfa.metrics import auroc
+from mvfa.method import intervals
+from mvfa.studies import comparison
+from mvfa.runs.cli import run
+from mvfa.method.metrics import auroc
 
 SIMULATIONS = 200
 # Binormal population: normal ~ N(0, 1), anomalous ~ N(d, 1), so AUROC = Phi(d / sqrt(2)) (0.80 here).

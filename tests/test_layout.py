@@ -1,5 +1,6 @@
-"""The code's shape: no import cycles between the project's modules, and the open_clip structure the
-model relies on (plain ViT blocks that the fused attention path computes) is the one installed."""
+"""The code's shape: no import cycles between the project's modules, no import from a layer above, and the
+open_clip structure the model relies on (plain ViT blocks that the fused attention path computes) is the
+one installed."""
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,8 @@ def project_imports() -> Dict[str, Set[str]]:
 
 def test_the_project_has_no_import_cycles():
     graph = project_imports()
-    assert {'mvfa.scoring', 'mvfa.evaluation', 'CLIP.adapter', 'train_few'} <= set(graph)
-    assert 'mvfa.scoring' in graph['mvfa.evaluation']
+    assert {'mvfa.method.scoring', 'mvfa.engine.evaluation', 'CLIP.adapter', 'train_few'} <= set(graph)
+    assert 'mvfa.method.scoring' in graph['mvfa.engine.evaluation']
     visiting, done = set(), set()
 
     def visit(module: str, path: tuple) -> None:
@@ -62,6 +63,37 @@ def test_the_project_has_no_import_cycles():
 
     for module in sorted(graph):
         visit(module, ())
+
+
+# The layers from the bottom up, by module prefix: a module imports only from its own layer and those below.
+# BMAD's object names and the intensity windows are torch-free facts that the flag registry reads.
+LAYERS = (
+    ('mvfa.common', 'dataset.objects', 'dataset.windows'),
+    ('CLIP', 'dataset', 'prompt'),
+    ('mvfa.method', 'loss', 'utils'),
+    ('mvfa.engine',),
+    ('mvfa.runs',),
+    ('mvfa.studies',),
+)
+TOP = len(LAYERS)  # the commands (those run with `python -m` too), benchmarks/ and the mvfa package itself
+COMMANDS = ('dataset.prepare', 'dataset.synthetic')
+
+
+def layer_of(module: str) -> int:
+    if module in COMMANDS:
+        return TOP
+    matches = [(len(prefix), rank) for rank, prefixes in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + '.')]
+    return max(matches)[1] if matches else TOP
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    graph = project_imports()
+    assert layer_of('mvfa.common.flags') == 0 and layer_of('dataset.bmad') == 1 and layer_of('train_few') == TOP
+    upward = sorted(f'{module} ({layer_of(module)}) imports {imported} ({layer_of(imported)})'
+                    for module, imports in graph.items() for imported in imports
+                    if layer_of(imported) > layer_of(module) and imported != 'mvfa')
+    assert upward == []
 
 
 def test_vit_l_blocks_take_the_fused_attention_path():

@@ -28,13 +28,14 @@ from dataset.bmad import MedTestDataset, load_mask
 from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
-from mvfa import few_shot, scoring, zero_shot
-from mvfa.checkpoint import load_adapters, read_checkpoint, save_adapters
+from mvfa.method import scoring
+from mvfa.runs import few_shot, zero_shot
+from mvfa.engine.checkpoint import load_adapters, read_checkpoint, save_adapters
 from dataset.objects import OBJECTS, has_masks
 from loss import MVFALoss
-from mvfa.evaluation import Evaluation, evaluate
-from mvfa.memory_bank import build_memory_bank
-from mvfa.training import AdapterOptimizers, train_step
+from mvfa.engine.evaluation import Evaluation, evaluate
+from mvfa.method.memory_bank import build_memory_bank
+from mvfa.engine.training import AdapterOptimizers, train_step
 from prompt import TEMPLATES, encode_text_with_prompt_ensemble
 from utils import augment
 
@@ -214,7 +215,7 @@ def test_zero_shot_selection_keeps_the_later_of_equal_steps_and_never_a_worse_on
 
 def test_adapted_stream_is_0_8_stream_plus_0_1_each_adapter(model, tiny):
     """Catches: the residual weights changed (0.8 / 0.1 in `residual_stream` or the
-    residual weights of `mvfa.config.PAPER`). The raw stream `adapt` returns, before any LayerNorm, equals a hand
+    residual weights of `mvfa.common.config.PAPER`). The raw stream `adapt` returns, before any LayerNorm, equals a hand
     computation with the adapters' weights: x <- 0.8 x + 0.1 fc2_seg + 0.1 fc2_det after each level."""
     images = torch.rand(2, 3, SIZE, SIZE)
     blocks = tiny.visual.transformer.resblocks
@@ -331,7 +332,7 @@ def test_seg_adapters_step_only_for_images_with_masks(model):
 # ---------------------------------------------------------------- checkpoint format
 
 def test_checkpoint_keys_are_the_authors(model, tmp_path):
-    """Catches: renamed checkpoint keys (ADAPTER_KEYS in mvfa/checkpoint.py, or the adapters' module
+    """Catches: renamed checkpoint keys (ADAPTER_KEYS in mvfa/engine/checkpoint.py, or the adapters' module
     names). Saved: exactly `seg_adapters` / `det_adapters` with `<level>.fc1.0.weight`,
     `<level>.fc2.0.weight`; and a dict written by hand in the authors' format loads."""
     save_adapters(model, tmp_path / 'ours.pth')
@@ -401,7 +402,7 @@ def script_defaults(monkeypatch, script, module, body: str, argv: List[str]):
 def test_every_default_a_user_gets_is_the_papers(monkeypatch, data, tmp_path):
     """Catches: a default of the method changed (MVFAConfig's few_shot_learning_rate 1e-4, seed 112, levels,
     img_size, epochs, betas, fusion weights, evaluations per epoch, or a script passing the wrong rate).
-    The paper's values are written here, not read back from mvfa/config.py; the optimizer's rate and
+    The paper's values are written here, not read back from mvfa/common/config.py; the optimizer's rate and
     betas are read from a real optimizer built for a default run."""
     paper = {'img_size': 240, 'features_list': [6, 12, 18, 24], 'seed': 111, 'model_name': 'ViT-L-14-336',
              'pretrain': 'openai', 'quick_gelu': False, 'adaptation': 'adapter', 'precision': 'auto'}

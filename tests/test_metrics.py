@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from mvfa.metrics import (
+from mvfa.method.metrics import (
     DEFAULT_CHUNK_SIZE,
     aupro,
     auroc,

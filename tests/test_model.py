@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from CLIP import CLIP_Inplanted, MultiLevelAdaptedCLIP, WeightsError, create_model
-from mvfa import scoring
+from mvfa.method import scoring
 
 
 @pytest.fixture(scope='module')
@@ -195,8 +195,8 @@ def test_frozen_weights_stored_in_bf16_change_no_number():
 
 @pytest.mark.parametrize('precision,dtype', [('fp32', torch.float32), ('bf16', torch.bfloat16)])
 def test_build_model_stores_frozen_weights_at_the_run_precision(precision, dtype):
-    from mvfa.cli import parser
-    from mvfa.session import build_model
+    from mvfa.runs.cli import parser
+    from mvfa.engine.session import build_model
     args = parser('', obj='Brain', save_path='.', few_shot=False, training=False).parse_args(
         ['--model_name', 'tiny-clip', '--pretrain', 'none', '--img_size', '56', '--features_list', '3',
          '--precision', precision])

@@ -23,9 +23,9 @@ from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import CATEGORIES, DEFECTS, generate_mvtec, generate_visa
 from dataset.validate import validate_leave_one_out, validate_object
-import mvfa.session
-from mvfa import studies
-from mvfa.cli import run
+import mvfa.engine.session
+from mvfa.studies import studies
+from mvfa.runs.cli import run
 from prompt import prompt_name
 
 N_TRAIN, N_TEST, SIZE = 4, 4, 32
@@ -210,7 +210,7 @@ def test_unknown_category_is_one_line_listing_those_found(script, mvtec, tmp_pat
 def test_selection_valid_is_one_line_before_the_model_is_built(script, visa, tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('the model was built before the data was checked')
-    monkeypatch.setattr(mvfa.session, 'create_model', refuse)
+    monkeypatch.setattr(mvfa.engine.session, 'create_model', refuse)
     argv = flags(visa, tmp_path / 'ckpt', '--obj', TARGET, '--epoch', '1', '--selection', 'valid')
     if script is train_few:
         argv += ['--shot', '1', '--iterate', '-1']

@@ -13,9 +13,9 @@ import test_few
 import test_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa import prediction
-from mvfa.evaluation import evaluate
-from mvfa.inductive import Inductive
+from mvfa.runs import prediction
+from mvfa.engine.evaluation import evaluate
+from mvfa.runs.inductive import Inductive
 
 SIZE = 56
 LEVELS = [3, 6, 9, 12]
@@ -107,7 +107,7 @@ def test_test_scripts_write_the_normalisation_and_intervals(tmp_path):
     torch.manual_seed(0)
     adapted = MultiLevelAdaptedCLIP(create_model('tiny-clip', img_size=SIZE, pretrained=None), LEVELS)
     (tmp_path / 'ckpt').mkdir()
-    from mvfa.checkpoint import save_adapters
+    from mvfa.engine.checkpoint import save_adapters
     save_adapters(adapted, tmp_path / 'ckpt' / 'Brain.pth', {'setting': 'zero-shot'})
     for main, extra in ((test_few.main, ['--shot', '2', '--fewshot_seed_dir', str(data / 'fewshot_seed')]),
                         (test_zero.main, [])):

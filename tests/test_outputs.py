@@ -24,10 +24,10 @@ import train_few
 import train_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa import few_shot, zero_shot
-from mvfa.checkpoint import save_adapters
-from mvfa.cli import run
-from mvfa.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs, naming_command
+from mvfa.runs import few_shot, zero_shot
+from mvfa.engine.checkpoint import save_adapters
+from mvfa.runs.cli import run
+from mvfa.common.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs, naming_command
 
 SIZE = 28  # the smallest input the tiny CLIP (patch 14) takes
 TINY = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '6', '9', '12', '--device', 'cpu',

@@ -17,10 +17,10 @@ from CLIP import MultiLevelAdaptedCLIP
 from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTestDataset
 from loss import BinaryDiceLoss, FocalLoss, MVFALoss
-from mvfa.checkpoint import load_adapters
-from mvfa.evaluation import Evaluation, evaluate
-from mvfa.memory_bank import build_memory_bank
-from mvfa.training import AdapterOptimizers, train_step
+from mvfa.engine.checkpoint import load_adapters
+from mvfa.engine.evaluation import Evaluation, evaluate
+from mvfa.method.memory_bank import build_memory_bank
+from mvfa.engine.training import AdapterOptimizers, train_step
 from prompt import encode_text_with_prompt_ensemble
 from utils import augment
 

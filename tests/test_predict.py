@@ -15,19 +15,19 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-import mvfa.session
+import mvfa.engine.session
 import predict
 import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
 from dataset.bmad import load_image, open_image
-from mvfa import prediction
-from mvfa.cli import run
-from mvfa.config import PAPER
-from mvfa.visualize import (GAP, INPUT_TITLE, MAP_TITLE, MAX_SIDE, MIN_HEIGHT, TEST_SET_SCALE, at_display_size, overlay,
+from mvfa.runs import prediction
+from mvfa.runs.cli import run
+from mvfa.common.config import PAPER
+from mvfa.engine.visualize import (GAP, INPUT_TITLE, MAP_TITLE, MAX_SIDE, MIN_HEIGHT, TEST_SET_SCALE, at_display_size, overlay,
                             panel)
-from mvfa.metrics import auroc
-from mvfa.scan_inputs import InputImage
+from mvfa.method.metrics import auroc
+from mvfa.runs.scan_inputs import InputImage
 from prompt import encode_text_with_prompt_ensemble
 
 FEATURES = ['3', '6', '9', '12']
@@ -75,12 +75,12 @@ def mixed_images(tmp_path_factory) -> Path:
 @pytest.fixture()
 def built_models(monkeypatch) -> List[MultiLevelAdaptedCLIP]:
     """The models predict.py builds, caught as they are built."""
-    models, real_build = [], mvfa.session.build_model
+    models, real_build = [], mvfa.engine.session.build_model
 
     def build(*args, **kwargs):
         models.append(real_build(*args, **kwargs))
         return models[-1]
-    monkeypatch.setattr(mvfa.session, 'build_model', build)
+    monkeypatch.setattr(mvfa.engine.session, 'build_model', build)
     return models
 
 

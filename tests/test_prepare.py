@@ -15,7 +15,7 @@ import predict
 import test_few
 import train_few
 from dataset import prepare
-from mvfa.cli import run
+from mvfa.runs.cli import run
 from scans import FEATURES, SIZE, write_nifti
 
 SHAPE = (32, 32, 8)

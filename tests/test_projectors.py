@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from CLIP import MultiLevelAdaptedCLIP, create_model
-from mvfa.cli import parser
-from mvfa.session import build_model
+from mvfa.runs.cli import parser
+from mvfa.engine.session import build_model
 
 SIZE = 56
 FEATURES = [3, 6, 9]

@@ -16,8 +16,8 @@ import test_zero
 import train_few
 import train_zero
 from dataset.synthetic import generate
-from mvfa.cli import parser
-from mvfa.cli import run
+from mvfa.runs.cli import parser
+from mvfa.runs.cli import run
 
 # Not the scripts' defaults, so a test run that builds the model from them fails.
 MODEL = ['--model_name', 'tiny-clip', '--pretrain', 'none', '--features_list', '3', '9', '--img_size', '28']

@@ -1,4 +1,4 @@
-"""The flag registry (mvfa/flags.py): each flag's roles hold wherever the flag is used (issue 19).
+"""The flag registry (mvfa/common/flags.py): each flag's roles hold wherever the flag is used (issue 19).
 
 A model flag declared once must reach every run of reproduce.py, be compared by --resume and be
 recorded in the checkpoint's sidecar, with nothing else to edit; these tests fail for a model flag
@@ -15,9 +15,9 @@ import pytest
 import reproduce
 import train_few
 from dataset.synthetic import generate
-from mvfa.cli import parser, run
-from mvfa.flags import FLAGS, MODEL_FLAGS, PASS_THROUGH, TRAINING_FLAGS, FlagError, FlagParser
-from mvfa.outputs import resume_path
+from mvfa.runs.cli import parser, run
+from mvfa.common.flags import FLAGS, MODEL_FLAGS, PASS_THROUGH, TRAINING_FLAGS, FlagError, FlagParser
+from mvfa.common.outputs import resume_path
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / 'CLIP' / 'model_configs' / 'tiny-clip.json'
 # For each model flag, a value other than the run's below that still builds a tiny CLIP: the same model

@@ -13,8 +13,8 @@ import reproduce
 import test_few
 from dataset.medical_few import MedDataset
 from dataset.synthetic import generate
-from mvfa.metrics import average_precision, f1_max
-from mvfa.paper_results import published
+from mvfa.method.metrics import average_precision, f1_max
+from mvfa.studies.paper_results import published
 from dataset.bmad import ValidationSet
 
 IMG_SIZE = 56

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mvfa.session
+import mvfa.engine.session
 import test_few
 import test_zero
 import train_few
@@ -25,13 +25,14 @@ from CLIP.factory import LOCAL_WEIGHTS
 from dataset.bmad import load_image, load_mask
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
-from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, save_adapters
-from mvfa.sidecar import read_sidecar
-from mvfa import few_shot, outputs, zero_shot
-from mvfa.cli import run
-from mvfa.outputs import WriteFailed
+from mvfa.engine.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, save_adapters
+from mvfa.common.sidecar import read_sidecar
+from mvfa.common import outputs
+from mvfa.runs import few_shot, zero_shot
+from mvfa.runs.cli import run
+from mvfa.common.outputs import WriteFailed
 from loss import MVFALoss
-from mvfa.training import AdapterOptimizers, train_step
+from mvfa.engine.training import AdapterOptimizers, train_step
 
 FEATURES = [3, 6, 9, 12]
 SIZE = 28  # the smallest input the tiny CLIP (patch 14) takes
@@ -139,7 +140,7 @@ def test_bad_data_is_one_line_before_the_model_is_built(case, data, tmp_path, ca
 
     def no_model(*args, **kwargs):
         raise AssertionError('the model was built before the data was checked')
-    monkeypatch.setattr(mvfa.session, 'create_model', no_model)
+    monkeypatch.setattr(mvfa.engine.session, 'create_model', no_model)
     save = tmp_path / 'ckpt'
     argv = (zero_shot_flags if script in (train_zero, test_zero) else flags)(data, save)
     assert run(script.main, argv + extra) == 2

@@ -11,11 +11,12 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from CLIP import MultiLevelAdaptedCLIP, create_model
-from mvfa import scoring, training
-from mvfa.evaluation import FrozenStreams, evaluate, exact_auroc
-from mvfa.memory_bank import MemoryBank, build_memory_bank
-from mvfa.metrics import device_auroc
-from mvfa.runtime import configure_backends
+from mvfa.engine import training
+from mvfa.method import scoring
+from mvfa.engine.evaluation import FrozenStreams, evaluate, exact_auroc
+from mvfa.method.memory_bank import MemoryBank, build_memory_bank
+from mvfa.method.metrics import device_auroc
+from mvfa.engine.runtime import configure_backends
 
 SIZE = 56
 

@@ -13,7 +13,7 @@ import test_zero
 import train_few
 import train_zero
 from conftest import PARITY
-from mvfa.cli import run
+from mvfa.runs.cli import run
 
 
 @pytest.fixture(scope='module')

@@ -18,12 +18,13 @@ from PIL import Image
 import reproduce
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa import figures, plots, scoring, studies
-from mvfa.checkpoint import read_checkpoint
-from mvfa.evaluation import evaluate
-from mvfa.memory_bank import build_memory_bank
-from mvfa.metrics import auroc
-from mvfa.session import build_model
+from mvfa.method import scoring
+from mvfa.studies import figures, plots, studies
+from mvfa.engine.checkpoint import read_checkpoint
+from mvfa.engine.evaluation import evaluate
+from mvfa.method.memory_bank import build_memory_bank
+from mvfa.method.metrics import auroc
+from mvfa.engine.session import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_SIZE = 56
@@ -82,7 +83,7 @@ def average(rows: list, variant: str) -> dict:
 
 def test_importing_the_studies_loads_neither_torch_nor_matplotlib():
     """Catches: a module-level torch or matplotlib import on reproduce.py's --help path."""
-    loaded = subprocess.run([sys.executable, '-c', 'import sys, mvfa.studies, mvfa.plots; '
+    loaded = subprocess.run([sys.executable, '-c', 'import sys, mvfa.studies.studies, mvfa.studies.plots; '
                              "print(sorted({'torch', 'matplotlib', 'sklearn'} & set(sys.modules)))"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == '[]'

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import test_zero
-from mvfa.cli import parser
-from mvfa.session import Session
-from mvfa.threads import USER_THREAD_VARIABLES, cgroup_cpus, chosen_threads, usable_cpus
+from mvfa.runs.cli import parser
+from mvfa.engine.session import Session
+from mvfa.common.threads import USER_THREAD_VARIABLES, cgroup_cpus, chosen_threads, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model_name', 'tiny-clip', '--features_list', '3', '6', '9', '12', '--img_size', '56', '--device', 'cpu',
@@ -109,7 +109,7 @@ def test_the_users_wait_policy_is_kept() -> None:
 
 
 def test_a_session_from_flags_recorded_before_threads_existed(torch_threads, monkeypatch) -> None:
-    """mvfa.figures rebuilds a session from a results file's flags; older files have no 'threads'."""
+    """mvfa.studies.figures rebuilds a session from a results file's flags; older files have no 'threads'."""
     for name in USER_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     args = parser(test_zero.__doc__, obj='Brain', save_path='unused', few_shot=False, training=False).parse_args(TINY)

@@ -11,8 +11,8 @@ import torch
 import train_few
 import train_zero
 from dataset.synthetic import generate
-from mvfa import few_shot, zero_shot
-from mvfa.config import SELECTION_MODES
+from mvfa.runs import few_shot, zero_shot
+from mvfa.common.config import SELECTION_MODES
 
 
 @pytest.fixture(scope='module')

@@ -18,9 +18,9 @@ import predict
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset import volumes, windows
 from dataset.volumes import read_dicom_image, read_dicom_series, read_nifti, slice_image
-from mvfa.cli import run
-from mvfa.scan_inputs import InputImage
-from mvfa.scan_maps import VolumeMaps
+from mvfa.runs.cli import run
+from mvfa.runs.scan_inputs import InputImage
+from mvfa.runs.scan_maps import VolumeMaps
 from scans import FEATURES, SIZE, checkpoint_flags, write_dicom, write_nifti
 
 NIBABEL_DATA = Path(data_path)

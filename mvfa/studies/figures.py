@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader
 from CLIP.adapter import LevelTokens, MultiLevelAdaptedCLIP
 from dataset.bmad import load_image
 from dataset.medical_few import MedDataset
-from mvfa import plots
-from mvfa.evaluation import evaluate
-from mvfa.memory_bank import MemoryBank, build_memory_bank
-from mvfa.metrics import auroc
-from mvfa.outputs import atomic_write
-from mvfa.scoring import patch_tokens
-from mvfa.session import Session
+from mvfa.studies import plots
+from mvfa.engine.evaluation import evaluate
+from mvfa.method.memory_bank import MemoryBank, build_memory_bank
+from mvfa.method.metrics import auroc
+from mvfa.common.outputs import atomic_write
+from mvfa.method.scoring import patch_tokens
+from mvfa.engine.session import Session
 from utils import augment
 
 PANEL_IMAGES = 4  # abnormal test images per object in the level-map panel: the first ones, in test order
@@ -138,7 +138,7 @@ def tsne(records: List[Dict], out: Path) -> Tuple[List[Dict], str]:
     atomic_write(out / 'embedding.csv', pandas.DataFrame(points).to_csv(index=False))
     notes = ('Image feature: at each adapted block the patch tokens in the joint image-text space, L2-normalised, '
              'averaged over patches and levels; before: CLIP\'s own projection of the frozen stream, after: the '
-             'det adapters (see mvfa/figures.py). Separation: silhouette score (cosine) of normal vs abnormal in '
+             'det adapters (see mvfa/studies/figures.py). Separation: silhouette score (cosine) of normal vs abnormal in '
              'that feature space (1: apart, 0: mixed). Figure: tsne.png; every point: embedding.csv.')
     return rows, notes
 
@@ -169,7 +169,7 @@ def level_maps(records: List[Dict], out: Path) -> Tuple[List[Dict], str]:
     plots.level_map_panel(out / 'level_maps.png', panel_rows, names)
     notes = ("Each level's map and the fused map are normalised over the test set as the method normalises its "
              'fused map (zero-shot and memory-bank parts min-max scaled and weighted 0.5 / 0.5), from the same '
-             'scoring code (mvfa/scoring.py `score_batch`); the fused map is the method\'s, of the levels summed. '
+             'scoring code (mvfa/method/scoring.py `score_batch`); the fused map is the method\'s, of the levels summed. '
              'Pixel AUROC (%) '
              'of each map over the whole test set; – for objects without masks. Figure: level_maps.png, the '
              f'first {PANEL_IMAGES} abnormal test images of each object.')

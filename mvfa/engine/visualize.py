@@ -21,9 +21,9 @@ import numpy as np
 from dataset.bmad import load_image
 from dataset.layouts import Record
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
-from mvfa.config import PAPER
-from mvfa.evaluation import Evaluation
-from mvfa.outputs import atomic_write
+from mvfa.common.config import PAPER
+from mvfa.engine.evaluation import Evaluation
+from mvfa.common.outputs import atomic_write
 
 # Share of the JET-coloured map in the overlay; the rest is the input image, so anatomy stays visible.
 MAP_ALPHA = 0.5

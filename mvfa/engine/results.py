@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from mvfa import intervals
-from mvfa.config import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from mvfa.evaluation import Evaluation
-from mvfa.metrics import image_metrics, pixel_metrics
-from mvfa.outputs import atomic_write
+from mvfa.method import intervals
+from mvfa.common.config import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from mvfa.engine.evaluation import Evaluation
+from mvfa.method.metrics import image_metrics, pixel_metrics
+from mvfa.common.outputs import atomic_write
 
 
 def flag_values(args: argparse.Namespace) -> Dict:
@@ -29,7 +29,7 @@ def extra_metrics(evaluation: Evaluation) -> Dict[str, Optional[float]]:
 
 
 def bootstrap_record(args: argparse.Namespace, evaluation: Evaluation) -> Optional[Dict]:
-    """95 % intervals of the AUROCs (mvfa.intervals), with their replicates so that two files of the same
+    """95 % intervals of the AUROCs (mvfa.method.intervals), with their replicates so that two files of the same
     test images and seed compare paired; None with `--bootstrap 0`. Image and pixel AUROC draw from the
     streams '<obj>:image' and '<obj>:pixel'. Flags parsed without the bootstrap flags get the defaults."""
     resamples = getattr(args, 'bootstrap', BOOTSTRAP_RESAMPLES)

@@ -1,13 +1,13 @@
 """Intervals and paired differences of AUROCs read from results files (their `bootstrap` records).
 
-A results file holds each AUROC's bootstrap replicates (mvfa/intervals.py). Files of the same test
+A results file holds each AUROC's bootstrap replicates (mvfa/method/intervals.py). Files of the same test
 images bootstrapped with the same resamples, seed and stream were resampled identically, so:
 
 - the replicates of a mean over draws (or objects) are the means of their replicates, and its interval
   their percentile interval (objects are resampled independently: their streams differ);
 - two rows that score the same images compare paired: the difference of their replicates.
 
-Table cells are built here (`auroc_cell`, `difference_cell`) for reproduce.py and mvfa/studies.py.
+Table cells are built here (`auroc_cell`, `difference_cell`) for reproduce.py and mvfa/studies/studies.py.
 
 `compare_files` is the helper behind `compare.py`: any two results files of one test set, image AUROC by a
 paired bootstrap (recomputed from the scores) and DeLong, pixel AUROC from the stored replicates.
@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mvfa import intervals
-from mvfa.errors import UserError
+from mvfa.method import intervals
+from mvfa.common.errors import UserError
 
 LEVELS = ('image', 'pixel')
 

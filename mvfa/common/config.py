@@ -54,6 +54,6 @@ PRECISIONS = ('fp32', 'fp16', 'bf16')
 SELECTION_MODES = ('test', 'valid', 'last')
 # How fused test scores are normalised: over the test set (the authors'), or by the normal support images.
 NORMALISATIONS = ('test', 'reference')
-# The bootstrap intervals of a results file (mvfa/intervals.py): resamples and seed unless flags say otherwise.
+# The bootstrap intervals of a results file (mvfa/method/intervals.py): resamples and seed unless flags say otherwise.
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0

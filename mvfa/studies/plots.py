@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mvfa.outputs import atomic_write
+from mvfa.common.outputs import atomic_write
 
 DPI = 150
 CLASS_COLOURS = (('normal', 'tab:blue'), ('abnormal', 'tab:red'))  # label 0, label 1
@@ -95,7 +95,7 @@ def level_map_panel(path: Path, rows: Sequence[Tuple[str, np.ndarray, Optional[n
     of the project (`visualize.overlay`: JET, 0 blue to 1 red), and a colour bar of that scale."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from mvfa.visualize import overlay, to_uint8  # torch: only when a panel is drawn
+    from mvfa.engine.visualize import overlay, to_uint8  # torch: only when a panel is drawn
     plt = pyplot()
     columns = ['image', 'mask', *level_names, 'fused']
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.8 * len(columns), 1.9 * len(rows)),

@@ -19,13 +19,13 @@ from tqdm import tqdm
 from CLIP import MultiLevelAdaptedCLIP
 from dataset.bmad import DataError, image_transform
 from dataset.volumes import Scan
-from mvfa import scoring
-from mvfa.memory_bank import build_memory_bank
-from mvfa.outputs import atomic_write_all, csv_text
-from mvfa.scan_inputs import InputImage
-from mvfa.scan_maps import VolumeMaps
-from mvfa.session import Session
-from mvfa.visualize import ColourScale, Drawing, panel, per_image_scale, unique_names, write_panel
+from mvfa.method import scoring
+from mvfa.method.memory_bank import build_memory_bank
+from mvfa.common.outputs import atomic_write_all, csv_text
+from mvfa.runs.scan_inputs import InputImage
+from mvfa.runs.scan_maps import VolumeMaps
+from mvfa.engine.session import Session
+from mvfa.engine.visualize import ColourScale, Drawing, panel, per_image_scale, unique_names, write_panel
 from utils import augment
 
 # The fewest references that give a spread: the few-shot part of a reference is measured against the others.

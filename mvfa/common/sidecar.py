@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Dict, Optional, Set, Tuple
 
 from dataset.objects import seed_list_path
-from mvfa.errors import UserError
-from mvfa.flags import DRAW_FLAGS, MODEL_FLAGS, flag_text
-from mvfa.outputs import sidecar_path
+from mvfa.common.errors import UserError
+from mvfa.common.flags import DRAW_FLAGS, MODEL_FLAGS, flag_text
+from mvfa.common.outputs import sidecar_path
 
 # Every flag a test run may take from a sidecar: `seed` too, which names a random draw.
 SIDECAR_FLAGS = MODEL_FLAGS + DRAW_FLAGS + ('seed',)

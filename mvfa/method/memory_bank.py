@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa import scoring
+from mvfa.method import scoring
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Callable, Dict, Optional, Sequence, Set
 
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
 from dataset.windows import AUTO, WINDOW_HELP, WINDOW_MEANING, is_window
-from mvfa.config import (ADAPTATIONS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NORMALISATIONS, PAPER, PRECISIONS,
+from mvfa.common.config import (ADAPTATIONS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, NORMALISATIONS, PAPER, PRECISIONS,
                          SELECTION_MODES)
-from mvfa.errors import UserError
+from mvfa.common.errors import UserError
 
 
 class FlagError(UserError):
@@ -132,7 +132,7 @@ FLAGS: Dict[str, Flag] = {
     'threads': Flag("torch's CPU threads (default: OMP_NUM_THREADS or MKL_NUM_THREADS if set, else the CPUs this "
                     "process may use: its affinity and cgroup quota)", int, rule=POSITIVE_INTEGER,
                     forwarded_to=ALL_RUNS),
-    # How test scores are normalised, and their intervals (mvfa/intervals.py, mvfa/inductive.py).
+    # How test scores are normalised, and their intervals (mvfa/method/intervals.py, mvfa/runs/inductive.py).
     'normalisation': Flag(NORMALISATION_HELP, default='test', choices=NORMALISATIONS),
     'bootstrap': Flag('resamples of the 95 %% bootstrap intervals of the AUROCs in the --results file; 0: none', int,
                       BOOTSTRAP_RESAMPLES, forwarded_to=ALL_RUNS,
@@ -236,7 +236,7 @@ class FlagParser(argparse.ArgumentParser):
 
 
 def parse_or_exit(parser: FlagParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """For scripts that do not run under mvfa.cli.run: a bad value is argparse's usage line,
+    """For scripts that do not run under mvfa.runs.cli.run: a bad value is argparse's usage line,
     one error line and exit status 2."""
     try:
         return parser.parse_args(argv)

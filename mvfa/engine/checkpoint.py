@@ -10,8 +10,8 @@ from typing import Dict, Optional
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.outputs import atomic_write_all, sidecar_path
-from mvfa.sidecar import CheckpointError, check_checkpoint_exists
+from mvfa.common.outputs import atomic_write_all, sidecar_path
+from mvfa.common.sidecar import CheckpointError, check_checkpoint_exists
 
 ADAPTER_KEYS = ('seg_adapters', 'det_adapters')
 

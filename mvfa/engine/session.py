@@ -14,15 +14,15 @@ from CLIP import MultiLevelAdaptedCLIP, create_model
 from CLIP.adapter import check_features
 from CLIP.factory import LOCAL_WEIGHTS, WeightsError, load_model_config, patch_size
 from dataset.bmad import DataError
-from mvfa.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
-from mvfa.evaluation import Evaluation
-from mvfa.errors import Notice
-from mvfa.flags import FlagError
-from mvfa.outputs import WriteFailed, checkpoint_path
-from mvfa.results import Provenance, flag_values, write_results
-from mvfa.runtime import configure_backends, pick_device, resolve_precision
-from mvfa.selection import ModelSelection
-from mvfa.training import EpochLosses
+from mvfa.engine.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
+from mvfa.engine.evaluation import Evaluation
+from mvfa.common.errors import Notice
+from mvfa.common.flags import FlagError
+from mvfa.common.outputs import WriteFailed, checkpoint_path
+from mvfa.engine.results import Provenance, flag_values, write_results
+from mvfa.engine.runtime import configure_backends, pick_device, resolve_precision
+from mvfa.engine.selection import ModelSelection
+from mvfa.engine.training import EpochLosses
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
@@ -87,7 +87,7 @@ class Session:
         self.args = args
         self.device = pick_device(args.device)
         self.precision = resolve_precision(args.precision, self.device)
-        # getattr: the flags of a results file written before --threads existed (mvfa.figures) lack it.
+        # getattr: the flags of a results file written before --threads existed (mvfa.studies.figures) lack it.
         configure_backends(self.device, self.precision, getattr(args, 'threads', None))
         self.model: Optional[MultiLevelAdaptedCLIP] = None
 

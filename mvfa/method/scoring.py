@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mvfa.config import PAPER, MVFAConfig
+from mvfa.common.config import PAPER, MVFAConfig
 from prompt import ABNORMAL_COLUMN, NORMAL_COLUMN
 
 # Elements of one (patches x bank) similarity block: bounds the memory of the nearest-neighbour
@@ -203,7 +203,7 @@ def score_batch(seg_tokens: Tokens, det_tokens: Tokens, text_features: Tensor, i
 # ---------------------------------------------------------------- the test-set rules
 
 class PerImageNormalisation(Protocol):
-    """Normalises each image's scores on its own (`mvfa.inductive.Inductive`, `--normalisation reference`)."""
+    """Normalises each image's scores on its own (`mvfa.runs.inductive.Inductive`, `--normalisation reference`)."""
 
     def fuse(self, zero: Tensor, few: Optional[Tensor], maps: bool) -> Tensor:
         """Summed-over-levels zero-shot (and few-shot, or None) image scores (B,) or maps (B, S, S), fused."""

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.checkpoint import ADAPTER_KEYS
-from mvfa.config import SELECTION_MODES
-from mvfa.evaluation import Evaluation
+from mvfa.engine.checkpoint import ADAPTER_KEYS
+from mvfa.common.config import SELECTION_MODES
+from mvfa.engine.evaluation import Evaluation
 
 # Where the scores a selection mode compares come from (`last` compares none).
 SCORED_ON = {'test': 'test', 'valid': 'valid', 'last': None}

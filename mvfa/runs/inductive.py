@@ -2,7 +2,7 @@
 
 The authors min-max normalise every score array over the whole test set before fusing (transductive:
 adding, removing or reordering other test images changes an image's score). Here each part is standardised
-by the normal support images instead, with predict.py's machinery (`mvfa.prediction.Reference`: one bank
+by the normal support images instead, with predict.py's machinery (`mvfa.runs.prediction.Reference`: one bank
 per support image, spreads measured leave-one-out).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from mvfa.prediction import Calibration
+from mvfa.runs.prediction import Calibration
 
 
 @dataclass(frozen=True)

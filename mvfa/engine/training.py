@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
 from loss import MVFALoss
-from mvfa.evaluation import FrozenStreams
+from mvfa.engine.evaluation import FrozenStreams
 
 
 @torch.no_grad()  # not inference_mode: training steps start from these streams

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa import scoring
-from mvfa.memory_bank import MemoryBank
-from mvfa.metrics import auroc, device_auroc
+from mvfa.method import scoring
+from mvfa.method.memory_bank import MemoryBank
+from mvfa.method.metrics import auroc, device_auroc
 
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from dataset.layouts import BMAD, detect_layout
-from mvfa.flags import DATA_PATH
-from mvfa.outputs import atomic_write, csv_text
-from mvfa.paper_results import PAPER_NAMES, published
+from mvfa.common.flags import DATA_PATH
+from mvfa.common.outputs import atomic_write, csv_text
+from mvfa.studies.paper_results import PAPER_NAMES, published
 
 LEVELS = ('image', 'pixel')
 SHOT_CURVE = (2, 4, 8, 16)  # the shots the authors ship seed lists for
@@ -157,8 +157,8 @@ def scored_groups(groups: Sequence[List[Dict]], level: str) -> List[List[Dict]]:
 def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dict]) -> List[Dict]:
     """Per object its AUROCs (%) over the draws, then their Average: per draw the mean over the objects
     (pixel: over those with masks, as the paper), then mean ± std over the draws; each with its 95 %
-    bootstrap interval over test images (mvfa/comparison.py)."""
-    from mvfa import comparison  # numpy and scipy: only when a table is made
+    bootstrap interval over test images (mvfa/studies/comparison.py)."""
+    from mvfa.studies import comparison  # numpy and scipy: only when a table is made
     objects = list(dict.fromkeys(run.obj for run in runs))
     draws = list(dict.fromkeys(run.draw for run in runs))
     rows = []
@@ -196,7 +196,7 @@ BASELINES = {'projectors': 'adapter', 'levels': 'all levels'}
 def add_paired_differences(study: str, outcomes: List[Outcome], rows: List[Dict]) -> None:
     """Each row's paired difference from the baseline variant's row of the same object and shot (the paper's
     configuration: adapters, all levels); None for the baseline itself and in studies without one."""
-    from mvfa import comparison
+    from mvfa.studies import comparison
     baselines = {variant.shot: per_object(runs, records) for variant, runs, records in outcomes
                  if variant.paper_configuration}
     by_label = {(variant.label, variant.shot): (variant, per_object(runs, records))
@@ -223,7 +223,7 @@ def cell(mean: Optional[float], std: Optional[float] = None) -> str:
 def auroc_table(rows: List[Dict], first_column: Callable[[Dict], str], first_header: str,
                 baseline: Optional[str] = None) -> List[str]:
     """AUROC cells 'mean ± std [low, high]'; with a `baseline`, each level's paired difference from it."""
-    from mvfa.comparison import auroc_cell, difference_cell
+    from mvfa.studies.comparison import auroc_cell, difference_cell
     header = [first_header, 'Draws']
     for level in LEVELS:
         header += [f'{level.capitalize()} AUROC', 'Paper'] + ([f'− {baseline}'] if baseline else [])
@@ -282,7 +282,7 @@ def write_csv(path: Path, made: Dict[str, str], rows: List[Dict]) -> None:
 
 
 def shot_curve(rows: List[Dict], out: Path) -> None:
-    from mvfa import plots  # matplotlib: only when a curve is drawn
+    from mvfa.studies import plots  # matplotlib: only when a curve is drawn
     averages = [row for row in rows if row['object'] == 'Average']
     plots.shot_curve(out, [row['shot'] for row in averages],
                      {level: [(row[f'{level}_auroc_mean'], row[f'{level}_auroc_std']) for row in averages]
@@ -312,7 +312,7 @@ def write_auroc_study(study: str, outcomes: List[Outcome], made: Dict[str, str],
 
 def write_figure_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
                        out: Path) -> List[Dict]:
-    from mvfa import figures  # torch, scikit-learn and matplotlib: only when a figure is made
+    from mvfa.studies import figures  # torch, scikit-learn and matplotlib: only when a figure is made
     (_, _, records), = outcomes
     draw = figures.tsne if study == 'tsne' else figures.level_maps
     rows, notes = draw(records, out)

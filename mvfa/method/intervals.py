@@ -15,7 +15,7 @@ weighted Mann-Whitney count:
   product of its weights with them. Pairs of a normal and an anomalous pixel in different bins are
   ordered exactly; pairs in the same bin count 1/2 (exact for tied scores), so the resampled AUROC is
   off by at most half the fraction of pairs that share a bin, `bin_error_bound`, which is computed and
-  recorded. The point estimate is always the exact AUROC (mvfa.metrics).
+  recorded. The point estimate is always the exact AUROC (mvfa.method.metrics).
 
 The weights are drawn from a generator seeded by (seed, stream): two results files of the same test
 images with the same seed and stream get the same resamples, so their replicates are paired.

@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 
 from dataset.volumes import AXES, Scan, from_canonical, image_plane, stem
-from mvfa.outputs import atomic_write
-from mvfa.scan_inputs import InputImage
+from mvfa.common.outputs import atomic_write
+from mvfa.runs.scan_inputs import InputImage
 
 # NIfTI-1's description field holds 80 bytes.
 DESCRIPTION_BYTES = 80

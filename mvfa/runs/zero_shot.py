@@ -13,15 +13,15 @@ from dataset.bmad import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
 from dataset.validate import validate_leave_one_out
 from loss import MVFALoss
-from mvfa.evaluation import Evaluation, evaluate
-from mvfa.inductive import Inductive
-from mvfa.outputs import WriteFailed, checkpoint_path, resume_path
-from mvfa.results import write_results
-from mvfa.resume import how_to_resume, load_resume_state, save_resume_state
-from mvfa.selection import ModelSelection, selection_loader
-from mvfa.session import Interrupted, Session, finish_training, report_epoch, write_failed
-from mvfa.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
-from mvfa.visualize import save_evaluation_heatmaps
+from mvfa.engine.evaluation import Evaluation, evaluate
+from mvfa.runs.inductive import Inductive
+from mvfa.common.outputs import WriteFailed, checkpoint_path, resume_path
+from mvfa.engine.results import write_results
+from mvfa.engine.resume import how_to_resume, load_resume_state, save_resume_state
+from mvfa.engine.selection import ModelSelection, selection_loader
+from mvfa.engine.session import Interrupted, Session, finish_training, report_epoch, write_failed
+from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
+from mvfa.engine.visualize import save_evaluation_heatmaps
 
 
 def zero_shot_training(args: argparse.Namespace) -> Evaluation:

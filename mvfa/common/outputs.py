@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional, Sequence
 
-from mvfa.errors import UserError
+from mvfa.common.errors import UserError
 
 FILE, FOLDER = 'file', 'folder'
 # A new file's mode before the umask, as open() gives it: 0644 under the usual umask 022.

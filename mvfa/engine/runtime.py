@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-from mvfa.errors import UserError
-from mvfa.threads import chosen_threads
+from mvfa.common.errors import UserError
+from mvfa.common.threads import chosen_threads
 
 # glibc's mallopt parameters (malloc.h): never serve allocations by mmap, never trim the heap.
 M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
@@ -52,7 +52,7 @@ def configure_backends(device: torch.device, precision: str, threads: Optional[i
     """Process-wide settings for a run on `device` at `precision`.
 
     - torch's CPU threads: `threads` (--threads), else the user's OMP_NUM_THREADS or
-      MKL_NUM_THREADS, else the CPUs this process may use (`mvfa.threads.chosen_threads`).
+      MKL_NUM_THREADS, else the CPUs this process may use (`mvfa.common.threads.chosen_threads`).
 
     - fp32 means fp32: no TF32 in CUDA matrix products or cuDNN convolutions (their defaults
       differ, and cuDNN picks other algorithms at other batch sizes, so scores would depend on it).

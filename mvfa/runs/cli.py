@@ -1,4 +1,4 @@
-"""The four scripts' parser (the flags they share, declared in mvfa/flags.py), the model's flags, and how a
+"""The four scripts' parser (the flags they share, declared in mvfa/common/flags.py), the model's flags, and how a
 script ends (`run`). Torch-free: `--help` and a bad flag answer before torch is imported."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from mvfa.config import PAPER
-from mvfa.errors import Notice, UserError
-from mvfa.flags import MODEL_FLAGS, FlagParser
-from mvfa.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
-from mvfa.threads import yield_idle_threads
+from mvfa.common.config import PAPER
+from mvfa.common.errors import Notice, UserError
+from mvfa.common.flags import MODEL_FLAGS, FlagParser
+from mvfa.common.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
+from mvfa.common.threads import yield_idle_threads
 
 # Every script imports this module before torch, and OpenMP reads its wait policy as torch loads it.
 yield_idle_threads()

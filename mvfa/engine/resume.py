@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from CLIP.adapter import MultiLevelAdaptedCLIP
-from mvfa.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, torch_bytes
-from mvfa.evaluation import Evaluation
-from mvfa.flags import TRAINING_FLAGS, flag_text
-from mvfa.outputs import atomic_write
-from mvfa.results import flag_values
-from mvfa.selection import ModelSelection
-from mvfa.training import AdapterOptimizers
+from mvfa.engine.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, torch_bytes
+from mvfa.engine.evaluation import Evaluation
+from mvfa.common.flags import TRAINING_FLAGS, flag_text
+from mvfa.common.outputs import atomic_write
+from mvfa.engine.results import flag_values
+from mvfa.engine.selection import ModelSelection
+from mvfa.engine.training import AdapterOptimizers
 
 # Per-pixel arrays of an evaluation, left out of the resume state for their size.
 PIXEL_FIELDS = ('masks', 'pixel_scores', 'maps')
