@@ -12,7 +12,7 @@ from torch import Tensor
 from mvfa.common.config import PAPER
 from mvfa.common.errors import Notice
 
-from .bmad import DataError, MedTestDataset, load_image, load_mask
+from .readers import DataError, MedTestDataset, load_image, load_mask
 from .layouts import ABNORMAL, NORMAL, Layout, Record
 from .objects import DEFAULT_SEED_DIR, seed_list_path
 from .support import check_support_size, listed_support

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from mvfa.common.config import PAPER
 
-from .bmad import MedTestDataset
+from .readers import MedTestDataset
 from .layouts import detect_layout
 
 __all__ = ['MedTestDataset', 'MedTrainDataset']

@@ -11,7 +11,7 @@ from PIL import Image
 
 import demo
 import train_few
-from dataset.bmad import load_image
+from dataset.readers import load_image
 from dataset.layouts import Record
 from mvfa.engine.checkpoint import read_checkpoint
 from mvfa.engine.visualize import (BAR_SHARE, GAP, INPUT_TITLE, MAP_TITLE, MASK_TITLE, MIN_BAR, MIN_HEIGHT, NO_MASK_GREY,

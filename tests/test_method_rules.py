@@ -24,7 +24,7 @@ import test_zero
 import train_few
 import train_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
-from dataset.bmad import MedTestDataset, load_mask
+from dataset.readers import MedTestDataset, load_mask
 from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
@@ -458,7 +458,7 @@ def test_zero_shot_training_scores_the_target_every_fifth_of_an_epoch(tmp_path_f
 # ---------------------------------------------------------------- masks
 
 def test_grey_mask_values_are_abnormal_above_one_half_only(tmp_path):
-    """Catches: masks binarised at > 0 instead of > 0.5 (`load_mask` in dataset/bmad.py): a mask with grey
+    """Catches: masks binarised at > 0 instead of > 0.5 (`load_mask` in dataset/readers.py): a mask with grey
     values (resized or JPEG-compressed) must not count 0.3 as abnormal. 0 and 77 (0.30) read as 0,
     200 (0.78) and 255 as 1."""
     grey = np.array([[0, 77], [200, 255]], dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)

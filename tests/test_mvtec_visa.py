@@ -17,7 +17,7 @@ import test_few
 import test_zero
 import train_few
 import train_zero
-from dataset.bmad import DataError, MedTestDataset, ValidationSet, load_mask
+from dataset.readers import DataError, MedTestDataset, ValidationSet, load_mask
 from dataset.layouts import BMAD, MVTecAD, VisA, detect_layout
 from dataset.medical_few import MedDataset
 from dataset.medical_zero import MedTrainDataset

@@ -20,7 +20,7 @@ import predict
 import test_few
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from dataset.bmad import load_image, open_image
+from dataset.readers import load_image, open_image
 from mvfa.runs import prediction
 from mvfa.runs.cli import run
 from mvfa.common.config import PAPER

@@ -15,7 +15,7 @@ from dataset.medical_few import MedDataset
 from dataset.synthetic import generate
 from mvfa.method.metrics import average_precision, f1_max
 from mvfa.studies.paper_results import published
-from dataset.bmad import ValidationSet
+from dataset.readers import ValidationSet
 
 IMG_SIZE = 56
 N_VALID = 4  # per class: 2-shot leaves 2 of each for --selection valid

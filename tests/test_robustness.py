@@ -22,7 +22,7 @@ import train_few
 import train_zero
 from CLIP import MultiLevelAdaptedCLIP, WeightsError, create_model
 from CLIP.factory import LOCAL_WEIGHTS
-from dataset.bmad import load_image, load_mask
+from dataset.readers import load_image, load_mask
 from dataset.medical_zero import MedTrainDataset
 from dataset.synthetic import generate
 from mvfa.engine.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters, read_checkpoint, save_adapters

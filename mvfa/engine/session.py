@@ -13,7 +13,7 @@ from torch import Tensor
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from CLIP.adapter import check_features
 from CLIP.factory import LOCAL_WEIGHTS, WeightsError, load_model_config, patch_size
-from dataset.bmad import DataError
+from dataset.readers import DataError
 from mvfa.engine.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.engine.evaluation import Evaluation
 from mvfa.common.errors import Notice

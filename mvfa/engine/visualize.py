@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from dataset.bmad import load_image
+from dataset.readers import load_image
 from dataset.layouts import Record
 from dataset.objects import ABNORMAL_FOLDER, NORMAL_FOLDER
 from mvfa.common.config import PAPER

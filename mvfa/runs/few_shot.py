@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from dataset.bmad import ValidationSet
+from dataset.readers import ValidationSet
 from dataset.medical_few import MedDataset
 from dataset.validate import validate_object
 from loss import MVFALoss

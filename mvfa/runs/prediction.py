@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from CLIP import MultiLevelAdaptedCLIP
-from dataset.bmad import DataError, image_transform
+from dataset.readers import DataError, image_transform
 from dataset.volumes import Scan
 from mvfa.method import scoring
 from mvfa.method.memory_bank import build_memory_bank

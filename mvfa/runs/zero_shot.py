@@ -9,7 +9,7 @@ from typing import Dict, Optional
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset.bmad import ValidationSet
+from dataset.readers import ValidationSet
 from dataset.medical_zero import MedTestDataset, MedTrainDataset, stack_batch
 from dataset.validate import validate_leave_one_out
 from loss import MVFALoss

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from CLIP.adapter import LevelTokens, MultiLevelAdaptedCLIP
-from dataset.bmad import load_image
+from dataset.readers import load_image
 from dataset.medical_few import MedDataset
 from mvfa.studies import plots
 from mvfa.engine.evaluation import evaluate
