@@ -65,7 +65,7 @@ def build_parser() -> FlagParser:
     p.add_argument('--reference', type=Path, nargs='+', default=None,
                    help='normal images (files or folders, at least 2): memory bank and score calibration')
     p.add_argument('--out', type=Path, required=True, help='folder for scores.csv, scores.json and heatmaps/')
-    p.add_argument('--batch_size', type=int, default=16, help='images per batch (scores do not depend on it)')
+    p.add('batch_size', help='images per batch (scores do not depend on it)')
     add_scan_arguments(p)
     p.add('slices')
     add_model_arguments(p)

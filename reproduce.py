@@ -21,7 +21,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import test_few
 import test_zero
@@ -37,7 +37,7 @@ from mvfa.common.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, MADE_WITH, NO
 from mvfa.common.outputs import FILE, Output, atomic_write, check_outputs, naming_command
 from mvfa.studies.paper_results import PAPER_NAMES, PUBLISHED, SOURCE, SOURCES, published
 from mvfa.common.sidecar import CheckpointError
-from mvfa.studies.studies import STUDIES, STUDY_HELP, write_csv
+from mvfa.studies.studies import STUDIES, STUDY_HELP, mean_and_std, percent, write_csv
 
 SETTINGS = ('zero-shot', 'few-shot')
 ZERO_SHOT = 0  # the shot of zero-shot runs, in file names and the published numbers
@@ -161,8 +161,8 @@ def script_argv(task: Run, args: argparse.Namespace, save_path: Path) -> List[st
         argv += ['--normalisation', task.normalisation]
     for flag, scripts in PASS_THROUGH:
         value = getattr(args, flag)
-        takes_it = flag in args.given and (scripts == ALL_RUNS or (scripts == FEW_SHOT_RUNS and task.setting == 'few-shot')
-                                           or (scripts == TRAINING_RUNS and training))
+        takes_it = flag in args.given and (scripts == ALL_RUNS or (scripts == TRAINING_RUNS and training)
+                                           or (scripts == FEW_SHOT_RUNS and task.setting == 'few-shot'))
         if isinstance(value, bool):
             argv += [f'--{flag}'] if value and takes_it else []
         elif value is not None and takes_it:
@@ -238,18 +238,6 @@ def execute(task: Run, args: argparse.Namespace) -> Dict:
 
 
 # ---------------------------------------------------------------- the summary table
-
-def percent(value: Optional[float]) -> Optional[float]:
-    return None if value is None else 100.0 * value
-
-
-def mean_and_std(values: Sequence[float]) -> tuple:
-    """Mean and sample standard deviation (n - 1; None for a single draw) of the non-missing values."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
-
 
 def difference(ours: Optional[float], theirs: Optional[float]) -> Optional[float]:
     return None if ours is None or theirs is None else ours - theirs

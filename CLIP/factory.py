@@ -128,7 +128,8 @@ def create_model(
     """
     config = load_model_config(model_name)
     if img_size < patch_size(config):
-        raise ValueError(f'img_size {img_size} is smaller than the patch size of {model_name} ({patch_size(config)} px)')
+        raise ValueError(f'img_size {img_size} is smaller than the patch size of {model_name} '
+                         f'({patch_size(config)} px)')
     if 'text_cfg' not in config or 'hf_model_name' in config['text_cfg'] or config.get('custom_text'):
         raise WeightsError(f"'{model_name}' is not a plain CLIP (ViT image tower, CLIP text tower)")
     config['vision_cfg']['image_size'] = img_size

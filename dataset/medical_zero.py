@@ -25,7 +25,8 @@ class MedTrainDataset(Dataset):
     features and know whether it has masks. Batches never mix objects: use `batches()`.
     """
 
-    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = PAPER.img_size) -> None:
+    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain',
+                 resize: int = PAPER.img_size) -> None:
         self.sources = detect_layout(dataset_path).other_categories(class_name)
         self.splits = [MedTestDataset(dataset_path, obj, resize) for obj in self.sources]
         self.items = [(source, index) for source, split in enumerate(self.splits) for index in range(len(split))]

@@ -53,7 +53,8 @@ class MedTestDataset(Dataset):
     Normal images and classification objects get all-zero masks.
     """
 
-    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain', resize: int = PAPER.img_size) -> None:
+    def __init__(self, dataset_path: str | Path = './data/', class_name: str = 'Brain',
+                 resize: int = PAPER.img_size) -> None:
         self.class_name = class_name
         self.layout = detect_layout(dataset_path)
         self.resize = resize

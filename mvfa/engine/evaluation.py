@@ -99,11 +99,12 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
         result.masks = masks_tensor.numpy()
         result.pixel_scores = pixel_scores.cpu().numpy()
     if keep_maps:
-        result.maps = (result.pixel_scores if has_masks
-                       else scoring.normalised_scores(parts['zero_map'], parts['few_map'], inductive, maps=True).cpu().numpy())
+        result.maps = result.pixel_scores if has_masks else scoring.normalised_scores(
+            parts['zero_map'], parts['few_map'], inductive, maps=True).cpu().numpy()
     if keep_level_maps:
         levels = range(len(model.features))
-        result.level_maps = torch.stack([scoring.normalised_scores([batch[:, level] for batch in parts['zero_level_maps']],
-                                                                   [batch[:, level] for batch in parts['few_level_maps']])
-                                         for level in levels], dim=1).cpu().numpy()
+        result.level_maps = torch.stack([
+            scoring.normalised_scores([batch[:, level] for batch in parts['zero_level_maps']],
+                                      [batch[:, level] for batch in parts['few_level_maps']])
+            for level in levels], dim=1).cpu().numpy()
     return result

@@ -3,9 +3,9 @@
 Change the scoring here. `score_batch` turns one batch of adapter tokens (and a memory bank,
 when there is one) into image scores and anomaly maps; test scripts, model selection,
 `predict.py` and `bench.py` all score through it. The test-set rules are here too: which head scores
-an object (`heads_scored`), and how a set's batches are normalised and fused (`test_set_scores`). The functions it is built from are pure,
-batched over images and computed on the tokens' device, without reading anything back to the
-host: a score of one image does not depend on the rest of its batch.
+an object (`heads_scored`), and how a set's batches are normalised and fused (`test_set_scores`).
+The functions it is built from are pure, batched over images and computed on the tokens' device,
+without reading anything back to the host: a score of one image does not depend on the rest of its batch.
 """
 from __future__ import annotations
 

@@ -114,15 +114,16 @@ def figure_variants(args: argparse.Namespace) -> List[Variant]:
 
 # ---------------------------------------------------------------- tables of AUROCs
 
-def mean_and_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (None for one value) of the values; (None, None) for none."""
+def mean_and_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (n - 1; None for a single value) of the non-missing values;
+    (None, None) for none. The main tables' and the studies' one rule."""
+    values = [v for v in values if v is not None]
     if not values:
         return None, None
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def percent(record: Dict, level: str) -> Optional[float]:
-    value = record.get(f'{level}_auroc')
+def percent(value: Optional[float]) -> Optional[float]:
     return None if value is None else 100.0 * value
 
 
@@ -164,13 +165,14 @@ def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dic
     rows = []
     for obj in objects:
         mine = [record for run, record in zip(runs, records) if run.obj == obj]
-        per_draw = {level: [v for v in (percent(r, level) for r in mine) if v is not None] for level in LEVELS}
+        per_draw = {level: [v for v in (percent(r.get(f'{level}_auroc')) for r in mine) if v is not None]
+                    for level in LEVELS}
         rows.append(auroc_row(variant, obj, len(mine), per_draw,
                               {level: paper_auroc(variant, obj, level) for level in LEVELS}))
     averages: Dict[str, List[float]] = {level: [] for level in LEVELS}
     for draw in draws:
         for level in LEVELS:
-            values = [v for v in (percent(r, level) for run, r in zip(runs, records) if run.draw == draw)
+            values = [v for v in (percent(r.get(f'{level}_auroc')) for run, r in zip(runs, records) if run.draw == draw)
                       if v is not None]
             if values:
                 averages[level].append(statistics.mean(values))
