@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -18,11 +19,12 @@ from mvfa.engine.checkpoint import keep_previous, load_adapters, read_checkpoint
 from mvfa.engine.evaluation import Evaluation
 from mvfa.common.errors import Notice
 from mvfa.common.flags import FlagError
-from mvfa.common.outputs import WriteFailed, checkpoint_path
+from mvfa.common.outputs import WriteFailed, checkpoint_path, resume_path
 from mvfa.engine.results import Provenance, flag_values, write_results
+from mvfa.engine.resume import how_to_resume, load_resume_state, save_resume_state
 from mvfa.engine.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.engine.selection import ModelSelection
-from mvfa.engine.training import EpochLosses
+from mvfa.engine.training import AdapterOptimizers, EpochLosses
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
@@ -167,3 +169,27 @@ def write_failed(error: WriteFailed, selection: ModelSelection, checkpoint: Path
     kept = (f'the last checkpoint saved is intact at {checkpoint}' if _checkpoint_kept(selection, checkpoint)
             else 'no checkpoint was saved')
     return error.noting(kept, how_to_resume or 'no epoch was finished: the same command starts again')
+
+
+def train_epochs(session: Session, setting: str, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
+                 selection: ModelSelection, train_epoch: Callable[[int], None], test: Callable[[], Evaluation],
+                 last_step: str, images: Sequence[Path], support: Optional[Sequence[Path]] = None,
+                 shuffler: Optional[random.Random] = None) -> Evaluation:
+    """The skeleton of a training run, zero- or few-shot: resume where `--resume` says, `train_epoch(epoch)`
+    for each epoch left with its resume state saved after it, then the selected state's test
+    (`finish_training`). Ctrl-C and a failed write end as one line saying what was kept and how to go on."""
+    args = session.args
+    checkpoint = checkpoint_path(args)
+    resume_file = resume_path(checkpoint)
+    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
+    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
+    try:
+        for epoch in range(first_epoch, args.epoch):
+            train_epoch(epoch)
+            save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
+            saved_epoch = epoch
+        return finish_training(session, setting, selection, model, test, last_step, images, support)
+    except KeyboardInterrupt:
+        raise Interrupted(selection, checkpoint, how_to_resume(resume_file, saved_epoch)) from None
+    except WriteFailed as error:
+        raise write_failed(error, selection, checkpoint, how_to_resume(resume_file, saved_epoch)) from None

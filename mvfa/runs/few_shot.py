@@ -17,11 +17,10 @@ from mvfa.engine.evaluation import Evaluation, evaluate
 from mvfa.runs.inductive import Inductive
 from mvfa.method.memory_bank import build_memory_bank
 from mvfa.runs.prediction import Reference
-from mvfa.common.outputs import WriteFailed, checkpoint_path, resume_path
+from mvfa.common.outputs import checkpoint_path
 from mvfa.engine.results import write_results
-from mvfa.engine.resume import how_to_resume, load_resume_state, save_resume_state
 from mvfa.engine.selection import ModelSelection, selection_loader
-from mvfa.engine.session import Interrupted, Session, finish_training, report_epoch, write_failed
+from mvfa.engine.session import Session, report_epoch, train_epochs
 from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_if_wanted, frozen_streams, train_step
 from mvfa.engine.visualize import save_evaluation_heatmaps
 from utils import augment
@@ -58,31 +57,22 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
         bank = build_memory_bank(model, normal_streams, args.eval_batch_size, from_streams=True)
         return evaluate(model, loader, text_features, data.has_masks, bank)
 
+    def train_epoch(epoch: int) -> None:
+        losses = EpochLosses()
+        for batch_streams, batch_masks, batch_labels in tqdm(train_loader, desc=f'epoch {epoch}', leave=False):
+            losses.add(train_step(model, optimizers, loss_fn, batch_streams, batch_labels,
+                                  batch_masks if data.has_masks else None, text_features, from_streams=True))
+        report_epoch(epoch, losses)
+        if selection.scores_during_training:
+            evaluation = score(scored_loader)
+            print(f'{args.selection} set:\n{evaluation.report(args.obj)}')
+            if selection.consider(model, evaluation, f'epoch {epoch}'):
+                print('Best result')
+
     # '>' as the authors: among equal scores the earliest epoch is kept.
     selection = ModelSelection(args.selection, keep_ties=False, save=session.adapter_saver('few-shot'))
-    resume_file = resume_path(checkpoint_path(args))
-    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args) if args.resume else 0
-    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
-    try:
-        for epoch in range(first_epoch, args.epoch):
-            losses = EpochLosses()
-            for batch_streams, batch_masks, batch_labels in tqdm(train_loader, desc=f'epoch {epoch}', leave=False):
-                losses.add(train_step(model, optimizers, loss_fn, batch_streams, batch_labels,
-                                      batch_masks if data.has_masks else None, text_features, from_streams=True))
-            report_epoch(epoch, losses)
-            if selection.scores_during_training:
-                evaluation = score(scored_loader)
-                print(f'{args.selection} set:\n{evaluation.report(args.obj)}')
-                if selection.consider(model, evaluation, f'epoch {epoch}'):
-                    print('Best result')
-            save_resume_state(resume_file, model, optimizers, epoch, selection, args)
-            saved_epoch = epoch
-        return finish_training(session, 'few-shot', selection, model, lambda: score(test_loader),
-                               f'epoch {args.epoch - 1}', data.images, data.support_images)
-    except KeyboardInterrupt:
-        raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
-    except WriteFailed as error:
-        raise write_failed(error, selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
+    return train_epochs(session, 'few-shot', model, optimizers, selection, train_epoch, lambda: score(test_loader),
+                        f'epoch {args.epoch - 1}', data.images, data.support_images)
 
 
 def few_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:

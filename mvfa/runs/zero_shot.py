@@ -15,11 +15,10 @@ from dataset.validate import validate_leave_one_out
 from loss import MVFALoss
 from mvfa.engine.evaluation import Evaluation, evaluate
 from mvfa.runs.inductive import Inductive
-from mvfa.common.outputs import WriteFailed, checkpoint_path, resume_path
+from mvfa.common.outputs import checkpoint_path
 from mvfa.engine.results import write_results
-from mvfa.engine.resume import how_to_resume, load_resume_state, save_resume_state
 from mvfa.engine.selection import ModelSelection, selection_loader
-from mvfa.engine.session import Interrupted, Session, finish_training, report_epoch, write_failed
+from mvfa.engine.session import Session, report_epoch, train_epochs
 from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
 from mvfa.engine.visualize import save_evaluation_heatmaps
 
@@ -46,34 +45,24 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
     def score(loader: DataLoader) -> Evaluation:
         return evaluate(model, loader, target_text, test_set.has_masks, progress=False)
 
+    def train_epoch(epoch: int) -> None:
+        batches = train_set.batches(args.batch_size, shuffler)
+        loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
+        interval = max(1, len(batches) // model.config.evaluations_per_epoch)
+        losses = EpochLosses()
+        for step, (images, labels, masks, source) in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
+            if step % interval == 0 and selection.scores_during_training:
+                evaluation = score(scored_loader)
+                if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
+                    print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
+            source_masks = masks if train_set.splits[source].has_masks else None
+            losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks, source_text[source]))
+        report_epoch(epoch, losses)
+
     # '>=' as the authors: among equal scores the latest state is kept.
     selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
-    resume_file = resume_path(checkpoint_path(args))
-    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
-    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
-    try:
-        for epoch in range(first_epoch, args.epoch):
-            batches = train_set.batches(args.batch_size, shuffler)
-            loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
-            interval = max(1, len(batches) // model.config.evaluations_per_epoch)
-            losses = EpochLosses()
-            for step, (images, labels, masks, source) in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
-                if step % interval == 0 and selection.scores_during_training:
-                    evaluation = score(scored_loader)
-                    if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
-                        print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
-                source_masks = masks if train_set.splits[source].has_masks else None
-                losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks,
-                                      source_text[source]))
-            report_epoch(epoch, losses)
-            save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
-            saved_epoch = epoch
-        return finish_training(session, 'zero-shot', selection, model, lambda: score(test_loader),
-                               f'end of epoch {args.epoch - 1}', test_set.images)
-    except KeyboardInterrupt:
-        raise Interrupted(selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
-    except WriteFailed as error:
-        raise write_failed(error, selection, checkpoint_path(args), how_to_resume(resume_file, saved_epoch)) from None
+    return train_epochs(session, 'zero-shot', model, optimizers, selection, train_epoch, lambda: score(test_loader),
+                        f'end of epoch {args.epoch - 1}', test_set.images, shuffler=shuffler)
 
 
 def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
