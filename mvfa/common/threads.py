@@ -60,8 +60,8 @@ def chosen_threads(requested: Optional[int], environ: Optional[MutableMapping[st
 
 
 def yield_idle_threads(environ: Optional[MutableMapping[str, str]] = None) -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless the user set a policy: with another busy process on the CPU,
-    spinning threads slow a tiny-model run several times over (README "Speed"). Only effective
+    """OMP_WAIT_POLICY=PASSIVE unless the user set a policy: idle threads then leave their cores to other
+    processes (our own speed did not change measurably either way: README "Speed"). Only effective
     before torch is imported."""
     environ = os.environ if environ is None else environ
     environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
