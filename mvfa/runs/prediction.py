@@ -44,7 +44,6 @@ ZERO_SHOT_MAP = 'zero-shot abnormal probability'
 CSV_COLUMNS = ('path', 'slice', 'score', 'zero_shot', 'few_shot', 'zero_shot_raw', 'few_shot_raw', 'heatmap')
 
 
-
 class ImageFiles(Dataset):
     def __init__(self, images: Sequence[InputImage], img_size: int) -> None:
         self.images, self.transform = list(images), image_transform(img_size)
@@ -171,7 +170,8 @@ class Reference:
         self.calibration = Calibration(
             references=len(images),
             zero_shot_weight=model.config.zero_shot_weight, few_shot_weight=model.config.few_shot_weight,
-            zero=Spread.of(torch.cat([p.zero for p in self.parts])), few=Spread.of(torch.cat([p.few for p in self.parts])),
+            zero=Spread.of(torch.cat([p.zero for p in self.parts])),
+            few=Spread.of(torch.cat([p.few for p in self.parts])),
             zero_map=Spread.of(torch.cat([p.zero_map for p in self.parts])),
             few_map=Spread.of(torch.cat([p.few_map for p in self.parts])))
 
@@ -242,13 +242,12 @@ def predict(args: argparse.Namespace, inputs: List[InputImage], scans: Sequence[
             score, zero, few, maps = parts.zero, parts.zero, None, parts.zero_map
         else:
             (score, zero, few), maps = reference.calibration.score(parts), reference.calibration.pixel_scores(parts)
-        pixels = parts.zero_map if reference is None else reference.calibration.pixel_scores(parts)
         for i in range(len(images)):
             index = len(rows)
-            write_heatmap(heatmaps[index], inputs[index], maps[i].float().cpu(), score[i].item(),
-                          reference is not None)
+            pixel_map = maps[i].float().cpu()
+            write_heatmap(heatmaps[index], inputs[index], pixel_map, score[i].item(), reference is not None)
             if inputs[index].index is not None:  # a slice of a volume: its map goes into the volume's NIfTI
-                volumes.add(inputs[index], score[i].item(), pixels[i].float().cpu().numpy())
+                volumes.add(inputs[index], score[i].item(), pixel_map.numpy())
             rows.append({'path': str(inputs[index].path), 'slice': inputs[index].index, 'score': score[i].item(),
                          'zero_shot': zero[i].item(), 'few_shot': None if few is None else few[i].item(),
                          'zero_shot_raw': parts.zero[i].item(),
