@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, run, script_outputs, script_parser
 from mvfa.common.outputs import check_outputs, checkpoint_path
 from mvfa.common.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
@@ -13,12 +13,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    arguments = parser(__doc__, obj='Liver', save_path=None, few_shot=True, training=False,
-                       example='python test_few.py --obj Brain --shot 4 --iterate 0')
-    arguments.add_argument('--normal_only', action='store_true',
-                           help='memory bank of the k normal support images on the zero-shot adapters '
-                                f'(--save_path defaults to {ZERO_SHOT_CHECKPOINTS}, else {FEW_SHOT_CHECKPOINTS}); '
-                                'no abnormal image is needed')
+    arguments = script_parser('test_few', __doc__)
     args = arguments.parse_args(argv)
     # Normal-only runs read the zero-shot adapters, trained without any image of the target object.
     if args.save_path is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.runs.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
+from mvfa.runs.cli import run, script_outputs, script_parser
 from mvfa.common.outputs import check_outputs, checkpoint_path
 from mvfa.common.sidecar import SIDECAR_FLAGS, adopt_sidecar_flags, check_checkpoint_exists, refuse_few_shot_adapters
 
@@ -13,8 +13,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    arguments = parser(__doc__, obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS, few_shot=False,
-                       training=False, example='python test_zero.py --obj Brain')
+    arguments = script_parser('test_zero', __doc__)
     args = arguments.parse_args(argv)
     check_outputs(script_outputs(args))
     checkpoint = checkpoint_path(args)

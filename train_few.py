@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_object
-from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.common.config import PAPER
+from mvfa.runs.cli import run, script_outputs, script_parser
 from mvfa.common.outputs import check_outputs
 
 if TYPE_CHECKING:
@@ -18,9 +17,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    args = parser(__doc__, obj='Liver', save_path=FEW_SHOT_CHECKPOINTS, few_shot=True, training=True,
-                  learning_rate=PAPER.few_shot_learning_rate,
-                  example='python train_few.py --obj Brain --shot 4 --iterate 0').parse_args(argv)
+    args = script_parser('train_few', __doc__).parse_args(argv)
     check_outputs(script_outputs(args))
     validate_object(args.data_path, args.obj, shot=args.shot, iterate=args.iterate, seed_dir=args.fewshot_seed_dir,
                     decode=False)

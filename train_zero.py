@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from dataset.validate import validate_leave_one_out
-from mvfa.runs.cli import ZERO_SHOT_CHECKPOINTS, parser, run, script_outputs
-from mvfa.common.config import PAPER
+from mvfa.runs.cli import run, script_outputs, script_parser
 from mvfa.common.outputs import check_outputs
 
 if TYPE_CHECKING:
@@ -18,9 +17,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Optional[List[str]] = None) -> Evaluation:
-    args = parser(__doc__, obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS,
-                  few_shot=False, training=True, learning_rate=PAPER.zero_shot_learning_rate,
-                  example='python train_zero.py --obj Brain').parse_args(argv)
+    args = script_parser('train_zero', __doc__).parse_args(argv)
     check_outputs(script_outputs(args))
     validate_leave_one_out(args.data_path, args.obj, decode=False)
     # Imported once the flags and data paths are checked: those answer without loading torch.

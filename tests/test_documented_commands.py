@@ -17,7 +17,7 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
-import reproduce
+from mvfa.studies import plan as run_plan
 from dataset.objects import DEFAULT_SEED_DIR, OBJECTS
 from dataset.synthetic import generate
 from mvfa.common.flags import FlagParser
@@ -145,7 +145,7 @@ def test_every_documented_command_works(clone, monkeypatch, capsys):
                 if script == 'reproduce' and '--data_path' not in argv and '--study' not in argv:
                     # Every run of the plan checked against the data and the seed lists, as before the first run.
                     args = parsed.args[0]
-                    reproduce.check_runs(reproduce.plan(args), args)
+                    run_plan.check_runs(run_plan.plan(args), args)
             except SystemExit as error:  # argparse: a flag the script does not take
                 pytest.fail(f'{where}: {command}: exit {error.code}\n{capsys.readouterr().err}')
         if runs:

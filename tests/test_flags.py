@@ -14,6 +14,8 @@ import demo
 import gpu_check
 import predict
 import reproduce
+from mvfa.studies import reproduction
+from mvfa.studies import plan as run_plan
 import test_few
 import test_zero
 import train_few
@@ -222,10 +224,10 @@ def test_reproduce_checks_every_run_before_starting_any(case, data, tmp_path, ca
 
 def test_reproduce_hands_the_scripts_only_the_model_flags_given():
     """So that --skip_train tests a checkpoint with the model flags of its sidecar."""
-    task = reproduce.plan(reproduce.parse_args(['--obj', 'Brain', '--settings', 'zero-shot']))[0]
-    plain = reproduce.script_argv(task, reproduce.parse_args(['--skip_train']), Path('ckpt'))
+    task = run_plan.plan(reproduction.parse_args(['--obj', 'Brain', '--settings', 'zero-shot']))[0]
+    plain = run_plan.script_argv(task, reproduction.parse_args(['--skip_train']), Path('ckpt'))
     assert '--img_size' not in plain and '--model_name' not in plain
-    given = reproduce.script_argv(task, reproduce.parse_args(['--skip_train', '--img_size', '240']), Path('ckpt'))
+    given = run_plan.script_argv(task, reproduction.parse_args(['--skip_train', '--img_size', '240']), Path('ckpt'))
     assert given[given.index('--img_size') + 1] == '240'
 
 

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 import reproduce
+from mvfa.studies import reproduction
+from mvfa.studies import plan as run_plan
 import test_few
 import test_zero
 import train_few
@@ -222,7 +224,7 @@ def test_reproduce_on_mvtec_categories(mvtec, tmp_path):
     argv = TINY + ['--data_path', str(mvtec), '--results_dir', str(tmp_path / 'results'),
                    '--ckpt_dir', str(tmp_path / 'ckpt'), '--epoch', '1', '--batch_size', '64',
                    '--settings', 'few-shot', '--shots', '1', '--random_draws', '1']
-    assert [task.obj for task in reproduce.plan(reproduce.parse_args(argv + ['--obj', 'all']))] == sorted(CATEGORIES)
+    assert [task.obj for task in run_plan.plan(reproduction.parse_args(argv + ['--obj', 'all']))] == sorted(CATEGORIES)
     rows = reproduce.main(argv + ['--obj', TARGET])
     assert [row['object'] for row in rows] == [TARGET, 'Average']
     assert rows[0]['image_auroc_paper'] is None and rows[0]['image_auroc_mean'] is not None
@@ -236,8 +238,8 @@ def test_figure_studies_show_every_category_outside_bmad(study, mvtec, tmp_path)
     """Catches: the figures' BMAD objects (Retina_RESC; Brain, Liver, Retina_RESC) planned for --obj all on a
     data set that has none of them."""
     argv = ['--study', study, '--data_path', str(mvtec), '--results_dir', str(tmp_path)]
-    variant, = studies.figure_variants(reproduce.parse_args(argv))
-    assert [task.obj for task in reproduce.plan(variant.args)] == sorted(CATEGORIES)
+    variant, = studies.figure_variants(reproduction.parse_args(argv))
+    assert [task.obj for task in run_plan.plan(variant.args)] == sorted(CATEGORIES)
 
 
 def test_reproduce_refuses_unknown_categories_and_selection_valid(mvtec, tmp_path, capsys):

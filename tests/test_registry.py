@@ -12,7 +12,8 @@ from typing import Dict, List
 
 import pytest
 
-import reproduce
+from mvfa.studies import reproduction
+from mvfa.studies import plan as run_plan
 import train_few
 from dataset.synthetic import generate
 from mvfa.runs.cli import parser, run
@@ -74,11 +75,11 @@ def test_resume_refuses_another_value_of_a_model_flag(name, trained, capsys):
 @pytest.mark.parametrize('name', MODEL_FLAGS)
 def test_reproduce_hands_a_given_model_flag_to_every_run(name, tmp_path):
     given = [f'--{name}', *OTHER_VALUE[name]]
-    args = reproduce.parse_args(['--obj', 'Liver', '--data_path', str(tmp_path)] + given)
+    args = reproduction.parse_args(['--obj', 'Liver', '--data_path', str(tmp_path)] + given)
     for setting, train in (('zero-shot', True), ('few-shot', True), ('few-shot', False)):
         args.skip_train = not train
-        task = reproduce.Run(setting, 'Liver', 4, 'it0', 0, 111)
-        argv = reproduce.script_argv(task, args, tmp_path)
+        task = run_plan.Run(setting, 'Liver', 4, 'it0', 0, 111)
+        argv = run_plan.script_argv(task, args, tmp_path)
         at = argv.index(f'--{name}')
         assert argv[at:at + len(given)] == given, (setting, train)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 import reproduce
+from mvfa.studies import reproduction
+from mvfa.studies import plan as run_plan
+from mvfa.studies import tables as summary_tables
 import test_few
 from dataset.medical_few import MedDataset
 from dataset.synthetic import generate
@@ -61,13 +65,13 @@ def number(text: str):
 
 
 def test_plan_covers_every_object_shot_and_draw_in_the_paper_order():
-    args = reproduce.parse_args(['--obj', 'all', '--shots', '2', '4', '--iterates', '0', '1', '2'])
-    runs = reproduce.plan(args)
+    args = reproduction.parse_args(['--obj', 'all', '--shots', '2', '4', '--iterates', '0', '1', '2'])
+    runs = run_plan.plan(args)
     assert len(runs) == 6 + 6 * 2 * 3
     assert [run.obj for run in runs[:6]] == ['Histopathology', 'Chest', 'Retina_OCT2017', 'Brain', 'Liver',
                                               'Retina_RESC']
     assert {(run.setting, run.shot) for run in runs} == {('zero-shot', 0), ('few-shot', 2), ('few-shot', 4)}
-    random = reproduce.plan(reproduce.parse_args(['--obj', 'Liver', '--settings', 'few-shot', '--random_draws', '2',
+    random = run_plan.plan(reproduction.parse_args(['--obj', 'Liver', '--settings', 'few-shot', '--random_draws', '2',
                                                   '--seed', '5']))
     assert [(run.draw, run.iterate, run.seed) for run in random] == [('rand0', -1, 5), ('rand1', -1, 6)]
 
@@ -160,7 +164,8 @@ def test_average_row_averages_the_objects_and_pixel_only_those_with_masks(tables
 def test_markdown_table_is_laid_out_like_the_papers(tables):
     text = tables['markdown']
     assert "Huang et al., CVPR 2024, Tables 1-2, and the authors' README" in text
-    zero, few = text.split('## Zero-shot (paper Table 1)')[1].split('## Few-shot, k = 2 (no published numbers)')
+    tables_part = text.split('## Cost')[0]
+    zero, few = tables_part.split('## Zero-shot (paper Table 1)')[1].split('## Few-shot, k = 2 (no published numbers)')
     for section in (zero, few):
         lines = [line for line in section.splitlines() if line.startswith('|')]
         assert lines[0] == ("| Object | Selection | Draws | Image AUROC | Paper | Authors' re-run | Ours − paper "
@@ -179,10 +184,10 @@ def fake_record(obj: str, image: float, pixel=None) -> dict:
 
 
 def test_four_shot_table_compares_with_table_2_and_the_authors_rerun():
-    runs = [reproduce.Run('few-shot', obj, 4, f'it{i}', i, 111) for obj in ('Liver', 'Chest') for i in range(3)]
+    runs = [run_plan.Run('few-shot', obj, 4, f'it{i}', i, 111) for obj in ('Liver', 'Chest') for i in range(3)]
     records = [fake_record('Liver', 0.80, 0.990), fake_record('Liver', 0.82, 0.994), fake_record('Liver', 0.84, 0.998),
                fake_record('Chest', 0.70), fake_record('Chest', 0.80), fake_record('Chest', 0.90)]
-    liver, chest, average = reproduce.summarise(runs, records)
+    liver, chest, average = summary_tables.summarise(runs, records)
     assert liver['image_auroc_mean'] == pytest.approx(82.0) and liver['image_auroc_std'] == pytest.approx(2.0)
     assert liver['image_auroc_paper'] == 81.18 and liver['pixel_auroc_rerun'] == 99.69
     assert liver['pixel_auroc_minus_paper'] == pytest.approx(99.4 - 99.73)
@@ -190,7 +195,7 @@ def test_four_shot_table_compares_with_table_2_and_the_authors_rerun():
     assert average['image_auroc_mean'] == pytest.approx(81.0)
     assert average['image_auroc_paper'] == pytest.approx((81.18 + 81.95) / 2)
     assert average['pixel_auroc_paper'] == 99.73 and average['selection'] == 'valid'
-    text = reproduce.markdown([liver, chest, average])
+    text = summary_tables.markdown([liver, chest, average])
     assert '## Few-shot, k = 4 (paper Table 2)' in text
     assert '| LiverCT (Liver) | valid | 3 | 82.00 ± 2.00 | 81.18 | 81.18 | +0.82 | 99.40 ± 0.40 | 99.73 | 99.69 | -0.33 |' \
         in text
@@ -243,11 +248,11 @@ def test_summary_opens_with_how_the_numbers_were_made(tables):
 
 
 def test_reproduce_keeps_its_checkpoints_away_from_the_released_ones():
-    assert reproduce.parse_args([]).ckpt_dir == reproduce.Path('ckpt/reproduce')
-    for setting, folder in reproduce.RELEASED.items():
-        for task in reproduce.plan(reproduce.parse_args(['--obj', 'Brain', '--settings', setting])):
-            assert folder not in task.save_path(reproduce.parse_args([]).ckpt_dir).parents
-            assert task.save_path(reproduce.parse_args([]).ckpt_dir) != folder
+    assert reproduction.parse_args([]).ckpt_dir == Path('ckpt/reproduce')
+    for setting, folder in run_plan.RELEASED.items():
+        for task in run_plan.plan(reproduction.parse_args(['--obj', 'Brain', '--settings', setting])):
+            assert folder not in task.save_path(reproduction.parse_args([]).ckpt_dir).parents
+            assert task.save_path(reproduction.parse_args([]).ckpt_dir) != folder
 
 
 def test_summary_cells_carry_the_95_percent_interval_of_their_mean(tables):
@@ -301,4 +306,4 @@ def test_a_study_takes_one_normalisation(capsys):
     for extra in (['--normalisation', 'test', 'reference'], ['--normalisation', 'reference']):
         assert reproduce.run(reproduce.main, ['--study', 'levels', *extra]) == 2
         assert '--study takes one --normalisation' in capsys.readouterr().err
-    assert reproduce.parse_args(['--study', 'levels', '--skip_train', '--normalisation', 'reference']).study == 'levels'
+    assert reproduction.parse_args(['--study', 'levels', '--skip_train', '--normalisation', 'reference']).study == 'levels'

@@ -16,6 +16,9 @@ import torch
 from PIL import Image
 
 import reproduce
+from mvfa.studies.paper_results import PAPER_NAMES
+from mvfa.studies import reproduction
+from mvfa.studies import plan as run_plan
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
 from mvfa.method import scoring
@@ -140,11 +143,11 @@ def test_levels_study_runs_each_level_alone_and_all_of_them(data, tmp_path):
 
 def test_levels_table_gives_the_papers_numbers_to_the_all_levels_row_alone():
     """Catches: Table 2's numbers on a single-level row, or the paper's average not over the objects run."""
-    args = reproduce.parse_args(['--study', 'levels', '--obj', 'all'])
+    args = reproduction.parse_args(['--study', 'levels', '--obj', 'all'])
     single, *_, every = studies.level_variants(args)
-    runs = [reproduce.Run('few-shot', obj, 4, 'it0', 0, 111) for obj in reproduce.PAPER_NAMES]
+    runs = [run_plan.Run('few-shot', obj, 4, 'it0', 0, 111) for obj in PAPER_NAMES]
     results = [{'image_auroc': 0.9, 'pixel_auroc': 0.95 if obj in ('Brain', 'Liver', 'Retina_RESC') else None}
-               for obj in reproduce.PAPER_NAMES]
+               for obj in PAPER_NAMES]
     assert (single.label, every.label) == ('block 6', 'all (6 12 18 24)')
     assert every.args.features_list == [6, 12, 18, 24] and single.args.features_list == [6]
     paper = studies.variant_rows(every, runs, results)[-1]
@@ -178,7 +181,7 @@ def test_projectors_study_trains_projectors_that_leave_clip_as_it_is(data, tmp_p
 
 def test_shots_study_gives_mean_and_std_over_draws_and_a_curve(data, tmp_path):
     """Catches: std over objects instead of over draws, a k run with another k's support, no curve."""
-    assert [v.label for v in studies.shot_variants(reproduce.parse_args(['--study', 'shots']))] == [
+    assert [v.label for v in studies.shot_variants(reproduction.parse_args(['--study', 'shots']))] == [
         'k = 2', 'k = 4', 'k = 8', 'k = 16']
     study(data, tmp_path, 'shots', '--obj', 'Chest', '--shots', '1', '2', '--random_draws', '2')
     out = tmp_path / 'results' / 'shots'

@@ -152,6 +152,23 @@ FLAGS: Dict[str, Flag] = {
     # The synthetic images' side: smaller ones leave no room for a lesion.
     'size': Flag('side of the synthetic images, pixels', int, rule=Rule(lambda value: value >= 16,
                                                                          'at least 16 (pixels)')),
+    # Where reproduce.py's runs run (mvfa/studies/launchers.py).
+    'launcher': Flag("inline: one run after another in this process; local: one process per device of --devices; "
+                     "slurm: one SLURM job per run (a job array), through submitit", default='inline',
+                     choices=('inline', 'local', 'slurm')),
+    'devices': Flag("--launcher local: GPU indices and 'cpu', comma-separated, one run at a time on each "
+                    "('0,1,2,3'; 'cpu,cpu': two CPU workers; default: every GPU, else one CPU worker)"),
+    'slurm_partition': Flag("--launcher slurm: the partition (default: the cluster's)"),
+    'slurm_time': Flag('--launcher slurm: time limit of each job, minutes; a job that reaches it is requeued and '
+                       'continues from its resume state', int, 24 * 60, rule=POSITIVE_INTEGER),
+    'slurm_gpus_per_job': Flag('--launcher slurm: GPUs of each job (0: a CPU job)', int, 1,
+                               rule=Rule(lambda value: value >= 0, 'a number of GPUs from 0')),
+    'slurm_cpus_per_job': Flag('--launcher slurm: CPUs of each job (data loading)', int, 4, rule=POSITIVE_INTEGER),
+    'slurm_mem': Flag("--launcher slurm: memory of each job, as sbatch's --mem (e.g. 64G; default: the "
+                      "partition's)"),
+    'slurm_account': Flag('--launcher slurm: the account the jobs are charged to'),
+    'slurm_sbatch': Flag('--launcher slurm: more sbatch options as KEY=VALUE (KEY alone: a switch), e.g. '
+                         'qos=high constraint=a100', nargs='*', default=()),
     # Scans (predict.py, dataset/prepare.py): see dataset/windows.py and dataset/volumes.py.
     'window': Flag(f'intensities of DICOM and NIfTI scans: {WINDOW_HELP}', default=AUTO,
                    rule=Rule(is_window, WINDOW_MEANING)),

@@ -72,6 +72,32 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
     return p
 
 
+# The four scripts: name -> (parser's keyword arguments but the description).
+SCRIPTS = {
+    'train_zero': dict(obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS, few_shot=False, training=True,
+                       learning_rate=PAPER.zero_shot_learning_rate, example='python train_zero.py --obj Brain'),
+    'train_few': dict(obj='Liver', save_path=FEW_SHOT_CHECKPOINTS, few_shot=True, training=True,
+                      learning_rate=PAPER.few_shot_learning_rate,
+                      example='python train_few.py --obj Brain --shot 4 --iterate 0'),
+    'test_zero': dict(obj='Retina_RESC', save_path=ZERO_SHOT_CHECKPOINTS, few_shot=False, training=False,
+                      example='python test_zero.py --obj Brain'),
+    'test_few': dict(obj='Liver', save_path=None, few_shot=True, training=False,
+                     example='python test_few.py --obj Brain --shot 4 --iterate 0'),
+}
+
+
+def script_parser(script: str, description: str = '') -> FlagParser:
+    """The parser of train_zero.py, train_few.py, test_zero.py or test_few.py (reproduce.py reads a run's flags
+    with it, to tell whether a results file was made with them)."""
+    p = parser(description, **SCRIPTS[script])
+    if script == 'test_few':
+        p.add_argument('--normal_only', action='store_true',
+                       help='memory bank of the k normal support images on the zero-shot adapters '
+                            f'(--save_path defaults to {ZERO_SHOT_CHECKPOINTS}, else {FEW_SHOT_CHECKPOINTS}); '
+                            'no abnormal image is needed')
+    return p
+
+
 def script_outputs(args: argparse.Namespace) -> List[Output]:
     """The places train_*.py and test_*.py write, for `check_outputs` before they read any data: the
     checkpoint folder with the checkpoint, its sidecar and the resume state (training), the results

@@ -6,9 +6,9 @@
 - tsne: Figure 6, t-SNE of test-set image features before and after adaptation;
 - level_maps: Figure 4, each level's anomaly map beside the fused one.
 
-A study is a list of variants, each a set of reproduce.py runs with some flags changed. reproduce.py
-runs them with its own machinery (plan, checks, the scripts) and hands the results here; this module
-does not import it (reproduce.py dispatches to it). Each study writes
+A study is a list of variants, each a set of reproduce.py runs with some flags changed. The runs are
+planned, checked and launched as the main tables' are (mvfa/studies/reproduction.py), which hands their
+results here. Each study writes
 <results_dir>/<study>/summary.md and summary.csv, and a PNG where a plot reads better; each variant
 keeps its runs' results under <results_dir>/<study>/<variant>/ and checkpoints under
 <ckpt_dir>/<study>/<variant>/. Torch, scikit-learn and matplotlib are imported only by the figure
@@ -21,26 +21,19 @@ import copy
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from dataset.layouts import BMAD, detect_layout
 from mvfa.common.flags import DATA_PATH
-from mvfa.common.outputs import atomic_write, csv_text
 from mvfa.studies.paper_results import PAPER_NAMES, published
+from mvfa.studies.plan import Run
+from mvfa.studies.tables import LEVELS, mean_and_std, percent, write_csv
 
-LEVELS = ('image', 'pixel')
 SHOT_CURVE = (2, 4, 8, 16)  # the shots the authors ship seed lists for
 FIGURE_SHOT = 4  # the few-shot setting of the figures' adapters (the paper's), unless --shots says otherwise
 # The figures' objects on BMAD when --obj is 'all': the paper's t-SNE is of RESC; the level maps need pixel
 # masks. On MVTec AD and VisA, whose categories all have masks, 'all' is every category.
 FIGURE_OBJECTS = {'tsne': ['Retina_RESC'], 'level_maps': ['Brain', 'Liver', 'Retina_RESC']}
-
-
-class PlannedRun(Protocol):
-    """What a study reads of reproduce.py's Run."""
-    obj: str
-    shot: int
-    draw: str
 
 
 @dataclass
@@ -61,7 +54,7 @@ class Variant:
 
 
 # A variant's runs and their results records, in plan order.
-Outcome = Tuple[Variant, Sequence[PlannedRun], List[Dict]]
+Outcome = Tuple[Variant, Sequence[Run], List[Dict]]
 
 
 def variant_args(args: argparse.Namespace, folder: str, ckpt_group: Optional[str] = None,
@@ -114,19 +107,6 @@ def figure_variants(args: argparse.Namespace) -> List[Variant]:
 
 # ---------------------------------------------------------------- tables of AUROCs
 
-def mean_and_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (n - 1; None for a single value) of the non-missing values;
-    (None, None) for none. The main tables' and the studies' one rule."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def percent(value: Optional[float]) -> Optional[float]:
-    return None if value is None else 100.0 * value
-
-
 def paper_auroc(variant: Variant, obj: str, level: str) -> Optional[float]:
     if not variant.paper_configuration:
         return None
@@ -145,7 +125,7 @@ def auroc_row(variant: Variant, obj: str, draws: int, per_draw: Dict[str, List[f
     return row
 
 
-def per_object(runs: Sequence[PlannedRun], records: List[Dict]) -> Dict[str, List[Dict]]:
+def per_object(runs: Sequence[Run], records: List[Dict]) -> Dict[str, List[Dict]]:
     """Each object's records, its draws in plan order."""
     objects = dict.fromkeys(run.obj for run in runs)
     return {obj: [record for run, record in zip(runs, records) if run.obj == obj] for obj in objects}
@@ -155,7 +135,7 @@ def scored_groups(groups: Sequence[List[Dict]], level: str) -> List[List[Dict]]:
     return [records for records in groups if records[0].get(f'{level}_auroc') is not None]
 
 
-def variant_rows(variant: Variant, runs: Sequence[PlannedRun], records: List[Dict]) -> List[Dict]:
+def variant_rows(variant: Variant, runs: Sequence[Run], records: List[Dict]) -> List[Dict]:
     """Per object its AUROCs (%) over the draws, then their Average: per draw the mean over the objects
     (pixel: over those with masks, as the paper), then mean ± std over the draws; each with its 95 %
     bootstrap interval over test images (mvfa/studies/comparison.py)."""
@@ -277,12 +257,6 @@ def auroc_markdown(study: str, rows: List[Dict], made_with: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_csv(path: Path, made: Dict[str, str], rows: List[Dict]) -> None:
-    """Every row opens with how the numbers were made, as reproduce.py's summary.csv."""
-    described = [{**made, **row} for row in rows]
-    atomic_write(path, csv_text(described, list(described[0])))
-
-
 def shot_curve(rows: List[Dict], out: Path) -> None:
     from mvfa.studies import plots  # matplotlib: only when a curve is drawn
     averages = [row for row in rows if row['object'] == 'Average']
@@ -297,23 +271,23 @@ def shot_curve(rows: List[Dict], out: Path) -> None:
 @dataclass(frozen=True)
 class Study:
     variants: Callable[[argparse.Namespace], List[Variant]]
-    # Writes the study's files from its runs (and how they were made) into its folder; returns its table rows.
-    write: Callable[[str, List[Outcome], Dict[str, str], str, Path], List[Dict]]
+    # Writes the study's files but summary.md from its runs (and how they were made) into its folder; returns
+    # its table rows and summary.md's text, which the cost of the runs then ends.
+    write: Callable[[str, List[Outcome], Dict[str, str], str, Path], Tuple[List[Dict], str]]
 
 
 def write_auroc_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
-                      out: Path) -> List[Dict]:
+                      out: Path) -> Tuple[List[Dict], str]:
     rows = [row for variant, runs, records in outcomes for row in variant_rows(variant, runs, records)]
     add_paired_differences(study, outcomes, rows)
-    atomic_write(out / 'summary.md', auroc_markdown(study, rows, made_with))
     write_csv(out / 'summary.csv', made, rows)
     if study == 'shots':
         shot_curve(rows, out / 'shot_curve.png')
-    return rows
+    return rows, auroc_markdown(study, rows, made_with)
 
 
 def write_figure_study(study: str, outcomes: List[Outcome], made: Dict[str, str], made_with: str,
-                       out: Path) -> List[Dict]:
+                       out: Path) -> Tuple[List[Dict], str]:
     from mvfa.studies import figures  # torch, scikit-learn and matplotlib: only when a figure is made
     (_, _, records), = outcomes
     draw = figures.tsne if study == 'tsne' else figures.level_maps
@@ -323,9 +297,8 @@ def write_figure_study(study: str, outcomes: List[Outcome], made: Dict[str, str]
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(cell(v) if isinstance(v, float) else str(v) for v in row.values()) + ' |'
               for row in rows]
-    atomic_write(out / 'summary.md', '\n'.join(lines) + '\n')
     write_csv(out / 'summary.csv', made, rows)
-    return rows
+    return rows, '\n'.join(lines) + '\n'
 
 
 STUDIES: Dict[str, Study] = {
