@@ -7,6 +7,7 @@ each image is normalised on its own instead, by statistics of the normal referen
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -37,6 +38,8 @@ class Evaluation:
     # (N, K, S, S): the maps of each of the K levels apart, each normalised over the test set as
     # `maps` is (`evaluate(keep_level_maps=True)`).
     level_maps: Optional[np.ndarray] = None
+    # Seconds `evaluate` took, reading the images included (the results file's `cost`).
+    seconds: Optional[float] = None
 
     @property
     def selection_score(self) -> float:
@@ -71,6 +74,7 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
     The loader yields images, or frozen streams from `cache_streams`. Drawing no random numbers
     (a DataLoader draws one per pass), it leaves a training run that evaluates as it would be.
     """
+    started = time.perf_counter()
     tokens_of = model.adapter_tokens_from_stream if isinstance(loader.dataset, FrozenStreams) else model.adapter_tokens
     keep_maps = keep_maps or keep_level_maps
     map_head, image_scores_needed = scoring.heads_scored(has_masks, bank is not None, keep_maps)
@@ -107,4 +111,5 @@ def evaluate(model: MultiLevelAdaptedCLIP, loader: DataLoader, text_features: Te
             scoring.normalised_scores([batch[:, level] for batch in parts['zero_level_maps']],
                                       [batch[:, level] for batch in parts['few_level_maps']])
             for level in levels], dim=1).cpu().numpy()
+    result.seconds = time.perf_counter() - started  # the scores are on the host: the device is done
     return result

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 
 from mvfa.method import intervals
 from mvfa.common.config import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from mvfa.engine.cost import RunCost
 from mvfa.engine.evaluation import Evaluation
 from mvfa.method.metrics import image_metrics, pixel_metrics
 from mvfa.common.outputs import atomic_write
@@ -58,6 +59,7 @@ class Provenance:
     selected: Optional[str]  # the step they were taken at
     support: Optional[Sequence[Path]] = None  # few-shot: the support images
     checkpoint: Optional[Path] = None  # test scripts: the adapters scored
+    cost: Optional[RunCost] = None  # the run's clock and device (mvfa/engine/cost.py); None: no `cost` recorded
 
 
 def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluation, made: Provenance) -> Dict:
@@ -73,6 +75,7 @@ def results_record(args: argparse.Namespace, setting: str, evaluation: Evaluatio
         'image_scores': evaluation.image_scores.tolist(), 'labels': evaluation.labels.tolist(),
         'images': [str(path) for path in made.images],
         'support_images': None if made.support is None else [str(path) for path in made.support],
+        'cost': None if made.cost is None else made.cost.record(evaluation),
         'flags': flag_values(args),
     }
 

@@ -16,6 +16,7 @@ from CLIP.adapter import check_features
 from CLIP.factory import LOCAL_WEIGHTS, WeightsError, load_model_config, patch_size
 from dataset.readers import DataError
 from mvfa.engine.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
+from mvfa.engine.cost import RunCost
 from mvfa.engine.evaluation import Evaluation
 from mvfa.common.errors import Notice
 from mvfa.common.flags import FlagError
@@ -88,6 +89,7 @@ class Session:
         setup_seed(args.seed)
         self.args = args
         self.device = pick_device(args.device)
+        self.cost = RunCost(self.device)  # the run's wall time starts here
         self.precision = resolve_precision(args.precision, self.device)
         # getattr: the flags of a results file written before --threads existed (mvfa.studies.figures) lack it.
         configure_backends(self.device, self.precision, getattr(args, 'threads', None))
@@ -114,7 +116,8 @@ class Session:
     def provenance(self, images: Sequence[Path], selection: Optional[str], selected: Optional[str],
                    support: Optional[Sequence[Path]] = None, checkpoint: Optional[Path] = None) -> Provenance:
         """How this session's numbers were made, for its results file."""
-        return Provenance(images, str(self.device), self.precision, selection, selected, support, checkpoint)
+        return Provenance(images, str(self.device), self.precision, selection, selected, support, checkpoint,
+                          self.cost)
 
     def adapter_saver(self, setting: str) -> Optional[Callable[[MultiLevelAdaptedCLIP, Dict], None]]:
         """Saves the selected adapters with a JSON sidecar of the flags and the selection; None with --save_model 0."""
