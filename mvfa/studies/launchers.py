@@ -140,6 +140,10 @@ def still_queued(job: Job, record: Dict) -> bool:
     return True
 
 
+def duration(seconds: float) -> str:
+    return f'{seconds:.1f} s' if seconds < 60 else f'{seconds / 60:.1f} min' if seconds < 3600 else f'{seconds / 3600:.2f} h'
+
+
 def status(job: Job, done: bool) -> Tuple[str, str]:
     """The run's state for --status (done, running, pending, failed, not started) and a detail."""
     record = read_record(job)
@@ -150,7 +154,7 @@ def status(job: Job, done: bool) -> Tuple[str, str]:
         except (OSError, ValueError):
             pass
         seconds = seconds if seconds is not None else record.get('seconds')
-        return 'done', '' if seconds is None else f'{seconds / 60:.1f} min'
+        return 'done', '' if seconds is None else duration(seconds)
     if not record:
         return 'not started', ''
     if still_queued(job, record):
