@@ -24,7 +24,8 @@ import train_few
 import train_zero
 from CLIP import MultiLevelAdaptedCLIP, create_model
 from dataset.synthetic import generate
-from mvfa.runs import few_shot, zero_shot
+from mvfa.engine import progress
+from mvfa.runs import zero_shot
 from mvfa.engine.checkpoint import save_adapters
 from mvfa.runs.cli import run
 from mvfa.common.outputs import FILE, Output, OutputError, WriteFailed, atomic_write, check_outputs, naming_command
@@ -174,51 +175,58 @@ def test_predict_creates_nothing_for_a_refused_input(data, tmp_path, capsys):
 
 # ---------------------------------------------------------------- 2. a write that fails mid-run
 
-def freeze_after_epoch(module, monkeypatch, folder: Path, read_only, kept: Dict[str, bytes]) -> None:
-    """At the end of epoch 1's training (before its scores and saves), record the folder and make it unwritable."""
-    real_report = module.report_epoch
+def freeze_after_epoch(monkeypatch, folder: Path, read_only, kept: Dict[str, bytes]) -> None:
+    """At the end of epoch 1's training (before its curve row, scores and saves), record the folder and make it
+    unwritable."""
+    real_report = progress.report_epoch
 
     def report(epoch, losses):
-        real_report(epoch, losses)
+        mean = real_report(epoch, losses)
         if epoch == 1:
             kept.update(tree(folder))
             read_only(folder)
-    monkeypatch.setattr(module, 'report_epoch', report)
+        return mean
+    monkeypatch.setattr(progress, 'report_epoch', report)
 
 
-# (training module, script, few-shot, --selection, what the folder holds after epoch 0, what the message says of it)
+# What a training folder holds besides checkpoints: the resume state, the curve and its TensorBoard folder.
+TRAINING_FILES = ['Liver.curve.csv', 'Liver.resume.pt', 'tensorboard', 'tensorboard/Liver']
+# (script, few-shot, --selection, the checkpoint files after epoch 0, what the message says of them, where the
+# resume state continues).
 MID_RUN = {
-    'few-shot': (few_shot, train_few, True, 'test', ['Liver.json', 'Liver.pth', 'Liver.resume.pt'],
-                 'the last checkpoint saved is intact at {checkpoint}'),
-    # `last` saves its checkpoint at the end only (and skips the five evaluations per epoch: a fast test).
-    'zero-shot': (zero_shot, train_zero, False, 'last', ['Liver.resume.pt'], 'no checkpoint was saved'),
+    'few-shot': (train_few, True, 'test', ['Liver.json', 'Liver.pth'],
+                 'the last checkpoint saved is intact at {checkpoint}', 'after epoch 0'),
+    # `last` saves its checkpoint at the end only (and skips the five evaluations per epoch: a fast test). Its
+    # resume state is saved within the epoch too: five batches of 11 images, one scoring point each.
+    'zero-shot': (train_zero, False, 'last', [], 'no checkpoint was saved', 'at epoch 1 batch 4'),
 }
 
 
 @pytest.mark.parametrize('case', MID_RUN)
 def test_a_write_failing_mid_run_keeps_the_last_state_and_says_how_to_resume(case, data, tmp_path, read_only,
                                                                             monkeypatch, capsys):
-    module, script, few, selection, files, kept_words = MID_RUN[case]
+    script, few, selection, checkpoints, kept_words, where = MID_RUN[case]
     save = tmp_path / 'ckpt'
     results = tmp_path / 'results.json'
     argv = training_flags(data, save, few) + ['--epoch', '2', '--selection', selection, '--results', str(results)]
     kept: Dict[str, bytes] = {}
-    freeze_after_epoch(module, monkeypatch, save, read_only, kept)
+    freeze_after_epoch(monkeypatch, save, read_only, kept)
     assert run(script.main, argv) == 2
     line = error_line(capsys)
-    # Epoch 1's first save fails: its checkpoint if it scored best, else its resume state.
-    failed = next(name for name in ('Liver.pth', 'Liver.resume.pt') if f'cannot write {save / name} ' in line)
-    assert line == (f'error: cannot write {save / failed} ({DENIED}); '
+    # Epoch 1's first write fails: its curve's loss row.
+    assert line == (f'error: cannot write {save / "Liver.curve.csv"} ({DENIED}); '
                     f'{kept_words.format(checkpoint=save / "Liver.pth")}; the same command with --resume continues '
-                    f'after epoch 0 (from {save / "Liver.resume.pt"})')
-    # Epoch 0's files, whole; no temporary file; no results file.
-    assert sorted(kept) == files and tree(save) == kept
+                    f'{where} (from {save / "Liver.resume.pt"})')
+    # The files before the failure, whole; no temporary file; no results file.
+    events = [name for name in kept if name.startswith('tensorboard/Liver/events.out.tfevents.')]
+    assert len(events) == 1
+    assert sorted(kept) == sorted(checkpoints + TRAINING_FILES + events) and tree(save) == kept
     assert not results.exists()
 
     make_writable(save)
     monkeypatch.undo()
     assert run(script.main, argv + ['--resume']) == 0
-    assert f'resuming from {save / "Liver.resume.pt"} after epoch 0' in capsys.readouterr().out
+    assert f'resuming from {save / "Liver.resume.pt"} {where}' in capsys.readouterr().out
     assert json.loads(results.read_text())['obj'] == 'Liver'
 
 
@@ -281,15 +289,15 @@ def test_a_full_disk_leaves_the_earlier_file_and_no_temporary(full_disk):
 
 @pytest.mark.parametrize('umask', [0o022, 0o002])
 def test_outputs_have_the_mode_open_gives(umask, data, tmp_path):
-    """Checkpoint, sidecar, resume state, results file and heatmaps: 0666 less the umask (0644 under 022)."""
+    """Checkpoint, sidecar, resume state, curve, results file and heatmaps: 0666 less the umask (0644 under 022)."""
     previous = os.umask(umask)
     try:
         save = tmp_path / 'ckpt'
         assert run(train_few.main, training_flags(data, save) + ['--epoch', '1', '--results',
                                                                  str(tmp_path / 'r.json')]) == 0
         assert run(test_few.main, training_flags(data, save) + ['--save_vis', str(tmp_path / 'vis')]) == 0
-        written = [save / 'Liver.pth', save / 'Liver.json', save / 'Liver.resume.pt', tmp_path / 'r.json',
-                   *(tmp_path / 'vis').iterdir()]
+        written = [save / 'Liver.pth', save / 'Liver.json', save / 'Liver.resume.pt', save / 'Liver.curve.csv',
+                   tmp_path / 'r.json', *(tmp_path / 'vis').iterdir()]
         with open(tmp_path / 'by-open', 'w'):
             pass
         expected = 0o666 & ~umask

@@ -392,8 +392,9 @@ def test_ctrl_c_in_zero_shot_training_keeps_the_checkpoint(data, tmp_path, monke
 
 
 def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypatch, capsys):
-    """Interrupted at the first step of epoch 1, then resumed: the same selected step, AUROCs and adapters
-    (selected and final) as two uninterrupted epochs; epoch 1's batch order comes from the restored shuffler."""
+    """Interrupted at the first step of epoch 1 (after its first scoring), then resumed: the same selected step,
+    AUROCs and adapters (selected and final) as two uninterrupted epochs; epoch 1's batch order comes from the
+    restored shuffler."""
     steps_per_epoch = len(MedTrainDataset(data, 'Liver', SIZE).batches(11, random.Random()))  # --batch_size 11
     save = tmp_path / 'interrupted'
     resume_file = save / 'Liver.resume.pt'
@@ -402,7 +403,7 @@ def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypa
     assert run(train_zero.main, zero_shot_flags(data, save) + ['--epoch', '2', '--resume']) == 130
     captured = capsys.readouterr()
     assert f'no resume state at {resume_file}: starting at epoch 0' in captured.out
-    hint = f'the same command with --resume continues after epoch 0 (from {resume_file})'
+    hint = f'the same command with --resume continues at epoch 1 batch 0 (from {resume_file})'
     assert captured.err.strip().splitlines()[-2] == hint
     monkeypatch.undo()
 
@@ -410,7 +411,7 @@ def test_zero_shot_resume_continues_as_if_uninterrupted(data, tmp_path, monkeypa
                                                                  '--resume']) == 2
     assert 'made with --learning_rate 0.0001, this run has 0.01' in capsys.readouterr().err
     resumed = train_zero.main(zero_shot_flags(data, save) + ['--epoch', '2', '--resume'])
-    assert f'resuming from {resume_file} after epoch 0' in capsys.readouterr().out
+    assert f'resuming from {resume_file} at epoch 1 batch 0' in capsys.readouterr().out
     straight_save = tmp_path / 'straight'
     straight = train_zero.main(zero_shot_flags(data, straight_save) + ['--epoch', '2'])
     assert (resumed.image_auroc, resumed.pixel_auroc) == (straight.image_auroc, straight.pixel_auroc)

@@ -67,6 +67,17 @@ def resume_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix('.resume.pt')
 
 
+def curve_path(checkpoint: Path) -> Path:
+    """`<Obj>.curve.csv`, a training run's losses and scorings, beside the `<Obj>.pth` checkpoint."""
+    return Path(checkpoint).with_suffix('.curve.csv')
+
+
+def tensorboard_path(checkpoint: Path) -> Path:
+    """`tensorboard/<Obj>/`, the folder of a training run's TensorBoard scalars, beside the checkpoint."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / 'tensorboard' / checkpoint.stem
+
+
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if candidate.exists():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
@@ -18,14 +17,14 @@ from dataset.readers import DataError
 from mvfa.engine.checkpoint import keep_previous, load_adapters, read_checkpoint, save_adapters
 from mvfa.engine.cost import RunCost
 from mvfa.engine.evaluation import Evaluation
-from mvfa.common.errors import Notice
 from mvfa.common.flags import FlagError
-from mvfa.common.outputs import WriteFailed, checkpoint_path, resume_path
+from mvfa.common.outputs import WriteFailed, checkpoint_path
+from mvfa.engine.progress import Progress
+from mvfa.engine.resume import ResumePoint
 from mvfa.engine.results import Provenance, flag_values, write_results
-from mvfa.engine.resume import how_to_resume, load_resume_state, save_resume_state
 from mvfa.engine.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.engine.selection import ModelSelection
-from mvfa.engine.training import AdapterOptimizers, EpochLosses
+from mvfa.engine.training import AdapterOptimizers
 from prompt import encode_text_with_prompt_ensemble
 from utils import setup_seed
 
@@ -131,14 +130,6 @@ class Session:
             model, path, {'setting': setting, **selection, 'flags': flag_values(self.args)})
 
 
-def report_epoch(epoch: int, losses: EpochLosses) -> None:
-    """Print an epoch's mean loss, warning about the steps skipped for a non-finite loss."""
-    mean, skipped = losses.summary()
-    if skipped:
-        warnings.warn(f'epoch {epoch}: skipped {skipped} steps whose loss was not finite', Notice)
-    print(f'epoch {epoch}: loss {mean:.4f}')
-
-
 def finish_training(session: Session, setting: str, selection: ModelSelection, model: MultiLevelAdaptedCLIP,
                     test: Callable[[], Evaluation], last_step: str, images: Sequence[Path],
                     support: Optional[Sequence[Path]] = None) -> Evaluation:
@@ -171,28 +162,31 @@ def write_failed(error: WriteFailed, selection: ModelSelection, checkpoint: Path
     atomic writes leave the last checkpoint, resume state and results file whole."""
     kept = (f'the last checkpoint saved is intact at {checkpoint}' if _checkpoint_kept(selection, checkpoint)
             else 'no checkpoint was saved')
-    return error.noting(kept, how_to_resume or 'no epoch was finished: the same command starts again')
+    return error.noting(kept, how_to_resume or 'nothing to resume from was saved: the same command starts again')
 
 
 def train_epochs(session: Session, setting: str, model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers,
-                 selection: ModelSelection, train_epoch: Callable[[int], None], test: Callable[[], Evaluation],
-                 last_step: str, images: Sequence[Path], support: Optional[Sequence[Path]] = None,
-                 shuffler: Optional[random.Random] = None) -> Evaluation:
-    """The skeleton of a training run, zero- or few-shot: resume where `--resume` says, `train_epoch(epoch)`
-    for each epoch left with its resume state saved after it, then the selected state's test
-    (`finish_training`). Ctrl-C and a failed write end as one line saying what was kept and how to go on."""
+                 selection: ModelSelection, train_epoch: Callable[[int, Progress], None],
+                 test: Callable[[], Evaluation], last_step: str, images: Sequence[Path], steps_per_epoch: int,
+                 support: Optional[Sequence[Path]] = None, shuffler: Optional[random.Random] = None) -> Evaluation:
+    """The skeleton of a training run, zero- or few-shot: resume where `--resume` says, `train_epoch(epoch,
+    progress)` for each epoch left (`Progress`: its curve, its resume points) with the resume state saved
+    after it, then the selected state's test (`finish_training`). Ctrl-C and a failed write end as one
+    line saying what was kept and how to go on. `steps_per_epoch`: the epoch's batches (the curve's steps)."""
     args = session.args
     checkpoint = checkpoint_path(args)
-    resume_file = resume_path(checkpoint)
-    first_epoch = load_resume_state(resume_file, model, optimizers, selection, args, shuffler) if args.resume else 0
-    saved_epoch = first_epoch - 1  # the last epoch the resume file holds for this run; -1: none
+    progress = Progress(args, checkpoint, model, optimizers, selection, shuffler, steps_per_epoch,
+                        session.cost.started)
     try:
-        for epoch in range(first_epoch, args.epoch):
-            train_epoch(epoch)
-            save_resume_state(resume_file, model, optimizers, epoch, selection, args, shuffler)
-            saved_epoch = epoch
+        start = progress.resume() if args.resume else progress.start
+        progress.curve.open()
+        for epoch in range(start.epoch, args.epoch):
+            train_epoch(epoch, progress)
+            progress.reached(ResumePoint(epoch + 1))
         return finish_training(session, setting, selection, model, test, last_step, images, support)
     except KeyboardInterrupt:
-        raise Interrupted(selection, checkpoint, how_to_resume(resume_file, saved_epoch)) from None
+        raise Interrupted(selection, checkpoint, progress.how_to_resume()) from None
     except WriteFailed as error:
-        raise write_failed(error, selection, checkpoint, how_to_resume(resume_file, saved_epoch)) from None
+        raise write_failed(error, selection, checkpoint, progress.how_to_resume()) from None
+    finally:
+        progress.curve.close()

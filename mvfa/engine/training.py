@@ -125,17 +125,25 @@ def train_step(model: MultiLevelAdaptedCLIP, optimizers: AdapterOptimizers, loss
 
 
 class EpochLosses:
-    """An epoch's step losses, kept on the device and read once."""
+    """An epoch's step losses, kept on the device and read once; `done`: those of its first steps, read
+    back from a resume state (on the CPU)."""
 
-    def __init__(self) -> None:
+    def __init__(self, done: Optional[Tensor] = None) -> None:
+        self.earlier = torch.empty(0) if done is None else done
         self.losses: List[Tensor] = []
+
+    def read(self) -> Tensor:
+        """Every loss so far, in float32 on the CPU (the resume state keeps them)."""
+        if not self.losses:
+            return self.earlier
+        return torch.cat([self.earlier, torch.stack(self.losses).float().cpu()])
 
     def add(self, loss: Tensor) -> None:
         self.losses.append(loss)
 
     def summary(self) -> tuple[float, int]:
         """(mean of the finite losses, number of skipped steps)."""
-        losses = torch.stack(self.losses).float().cpu()
+        losses = self.read()
         finite = torch.isfinite(losses)
         mean = losses[finite].mean().item() if finite.any() else float('nan')
         return mean, int((~finite).sum())

@@ -11,7 +11,8 @@ from typing import Callable, List, Optional
 from mvfa.common.config import PAPER
 from mvfa.common.errors import Notice, UserError
 from mvfa.common.flags import MODEL_FLAGS, FlagParser
-from mvfa.common.outputs import FILE, Output, checkpoint_path, resume_path, sidecar_path
+from mvfa.common.outputs import (FILE, FOLDER, Output, checkpoint_path, curve_path, resume_path, sidecar_path,
+                                 tensorboard_path)
 from mvfa.common.threads import yield_idle_threads
 
 # Every script imports this module before torch, and OpenMP reads its wait policy as torch loads it.
@@ -61,7 +62,8 @@ def parser(description: str, obj: str, save_path: str | None, few_shot: bool, tr
                             'half its free memory, off on a CPU')
         p.add('selection')
         p.add_argument('--resume', action='store_true',
-                       help='continue after the last finished epoch of <save_path>/<Obj>.resume.pt (same flags)')
+                       help='continue where <save_path>/<Obj>.resume.pt says (same flags): after the last finished '
+                            'epoch, or zero-shot after the last scoring within one')
     else:
         p.add_argument('--save_vis', type=Path, default=None, help='write a heatmap PNG per test image to this folder')
         p.add('normalisation')
@@ -100,14 +102,16 @@ def script_parser(script: str, description: str = '') -> FlagParser:
 
 def script_outputs(args: argparse.Namespace) -> List[Output]:
     """The places train_*.py and test_*.py write, for `check_outputs` before they read any data: the
-    checkpoint folder with the checkpoint, its sidecar and the resume state (training), the results
-    file and the heatmap folder."""
+    checkpoint folder with the checkpoint, its sidecar, the resume state, the curve and its TensorBoard
+    folder (training), the results file and the heatmap folder."""
     places = [] if args.results is None else [Output('--results', args.results, FILE)]
     if getattr(args, 'save_vis', None) is not None:
         places.append(Output('--save_vis', args.save_vis))
     if hasattr(args, 'resume'):  # a training run
         checkpoint = checkpoint_path(args)
-        places += [Output('--save_path', Path(args.save_path)), Output('--save_path', resume_path(checkpoint), FILE)]
+        places += [Output('--save_path', path, kind) for path, kind in (
+            (Path(args.save_path), FOLDER), (resume_path(checkpoint), FILE), (curve_path(checkpoint), FILE),
+            (tensorboard_path(checkpoint), FOLDER))]
         if args.save_model == 1:
             places += [Output('--save_path', checkpoint, FILE), Output('--save_path', sidecar_path(checkpoint), FILE)]
     return places

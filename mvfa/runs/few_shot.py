@@ -20,7 +20,8 @@ from mvfa.runs.prediction import Reference
 from mvfa.common.outputs import checkpoint_path
 from mvfa.engine.results import write_results
 from mvfa.engine.selection import ModelSelection, selection_loader
-from mvfa.engine.session import Session, report_epoch, train_epochs
+from mvfa.engine.progress import Progress
+from mvfa.engine.session import Session, train_epochs
 from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_if_wanted, frozen_streams, train_step
 from mvfa.engine.visualize import save_evaluation_heatmaps
 from utils import augment
@@ -57,14 +58,16 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
         bank = build_memory_bank(model, normal_streams, args.eval_batch_size, from_streams=True)
         return evaluate(model, loader, text_features, data.has_masks, bank)
 
-    def train_epoch(epoch: int) -> None:
+    def train_epoch(epoch: int, progress: Progress) -> None:
+        """Few-shot epochs are short: they resume from their start, and score at their end."""
         losses = EpochLosses()
         for batch_streams, batch_masks, batch_labels in tqdm(train_loader, desc=f'epoch {epoch}', leave=False):
             losses.add(train_step(model, optimizers, loss_fn, batch_streams, batch_labels,
                                   batch_masks if data.has_masks else None, text_features, from_streams=True))
-        report_epoch(epoch, losses)
+        progress.finished(epoch, losses)
         if selection.scores_during_training:
             evaluation = score(scored_loader)
+            progress.scored(epoch, len(train_loader), evaluation)
             print(f'{args.selection} set:\n{evaluation.report(args.obj)}')
             if selection.consider(model, evaluation, f'epoch {epoch}'):
                 print('Best result')
@@ -72,7 +75,7 @@ def few_shot_training(args: argparse.Namespace) -> Evaluation:
     # '>' as the authors: among equal scores the earliest epoch is kept.
     selection = ModelSelection(args.selection, keep_ties=False, save=session.adapter_saver('few-shot'))
     return train_epochs(session, 'few-shot', model, optimizers, selection, train_epoch, lambda: score(test_loader),
-                        f'epoch {args.epoch - 1}', data.images, data.support_images)
+                        f'epoch {args.epoch - 1}', data.images, len(train_loader), data.support_images)
 
 
 def few_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import random
+from contextlib import nullcontext
 from typing import Dict, Optional
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -18,7 +20,9 @@ from mvfa.runs.inductive import Inductive
 from mvfa.common.outputs import checkpoint_path
 from mvfa.engine.results import write_results
 from mvfa.engine.selection import ModelSelection, selection_loader
-from mvfa.engine.session import Session, report_epoch, train_epochs
+from mvfa.engine.progress import Progress
+from mvfa.engine.resume import ResumePoint
+from mvfa.engine.session import Session, train_epochs
 from mvfa.engine.training import AdapterOptimizers, EpochLosses, cache_if_wanted, train_step
 from mvfa.engine.visualize import save_evaluation_heatmaps
 
@@ -45,24 +49,42 @@ def zero_shot_training(args: argparse.Namespace) -> Evaluation:
     def score(loader: DataLoader) -> Evaluation:
         return evaluate(model, loader, target_text, test_set.has_masks, progress=False)
 
-    def train_epoch(epoch: int) -> None:
+    def train_epoch(epoch: int, progress: Progress) -> None:
+        """Score every `interval` batches, then save the resume state; resumed within the epoch, its batches
+        are drawn again from the shuffler as the epoch began, and those done are skipped undecoded."""
+        resumed = progress.resumed_within(epoch)
+        if resumed is not None:
+            shuffler.setstate(resumed.shuffler_at_start)
+        at_start = shuffler.getstate()
         batches = train_set.batches(args.batch_size, shuffler)
-        loader = DataLoader(train_set, batch_sampler=batches, collate_fn=stack_batch, **session.loader_options())
+        first = 0 if resumed is None else resumed.step
+        loader = DataLoader(train_set, batch_sampler=batches[first:], collate_fn=stack_batch,
+                            **session.loader_options())
         interval = max(1, len(batches) // model.config.evaluations_per_epoch)
-        losses = EpochLosses()
-        for step, (images, labels, masks, source) in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
-            if step % interval == 0 and selection.scores_during_training:
-                evaluation = score(scored_loader)
-                if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
-                    print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
+        losses = EpochLosses(None if resumed is None else resumed.losses)
+        # Starting the loader draws from torch's generator; the interrupted run drew that as the epoch began,
+        # before the state restored here.
+        with torch.random.fork_rng(devices=[]) if resumed is not None else nullcontext():
+            batch_iterator = iter(loader)
+        progress_bar = tqdm(batch_iterator, desc=f'epoch {epoch}', total=len(batches), initial=first, leave=False)
+        for step, (images, labels, masks, source) in enumerate(progress_bar, start=first):
+            if step % interval == 0 and not (resumed is not None and step == first):  # that scoring is done
+                if selection.scores_during_training:
+                    evaluation = score(scored_loader)
+                    progress.scored(epoch, step, evaluation)
+                    if selection.consider(model, evaluation, f'epoch {epoch} batch {step}'):
+                        print(f'best so far on {args.selection}, {selection.step}:\n{evaluation.report(args.obj)}')
+                progress.reached(ResumePoint(epoch, step, at_start, losses.read()))
             source_masks = masks if train_set.splits[source].has_masks else None
             losses.add(train_step(model, optimizers, loss_fn, images, labels, source_masks, source_text[source]))
-        report_epoch(epoch, losses)
+        progress.finished(epoch, losses)
 
     # '>=' as the authors: among equal scores the latest state is kept.
     selection = ModelSelection(args.selection, keep_ties=True, save=session.adapter_saver('zero-shot'))
+    # The batch count alone, from a generator of its own (the count does not depend on the order).
+    steps_per_epoch = len(train_set.batches(args.batch_size, random.Random(0)))
     return train_epochs(session, 'zero-shot', model, optimizers, selection, train_epoch, lambda: score(test_loader),
-                        f'end of epoch {args.epoch - 1}', test_set.images, shuffler=shuffler)
+                        f'end of epoch {args.epoch - 1}', test_set.images, steps_per_epoch, shuffler=shuffler)
 
 
 def zero_shot_test(args: argparse.Namespace, made: Optional[Dict]) -> Evaluation:
