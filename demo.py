@@ -107,7 +107,7 @@ def save_untrained_adapters(folder: Path, objects: Sequence[str], model_flags: L
     here), as `<folder>/<Obj>.pth` for the test scripts."""
     # Imported here, not at the top: --help answers without loading torch.
     from mvfa.engine.checkpoint import save_adapters
-    from mvfa.engine.results import flag_values
+    from mvfa.common.flags import flag_values
     from mvfa.engine.session import Session
     args = parser('untrained adapters', obj=OBJECTS[0], save_path=str(folder), few_shot=False,
                   training=False).parse_args(model_flags)

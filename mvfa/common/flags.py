@@ -195,6 +195,11 @@ MADE_WITH = tuple((flag.summary_label, name) for name, flag in FLAGS.items() if 
 RULES = {name: flag.rule for name, flag in FLAGS.items() if flag.rule is not None}
 
 
+def flag_values(args: argparse.Namespace) -> Dict:
+    """The flags as JSON values (a results file's and a sidecar's `flags`)."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
 def flag_text(value: object) -> str:
     """A flag value as it is written on the command line."""
     return ' '.join(map(str, value)) if isinstance(value, list) else str(value)

@@ -12,12 +12,8 @@ from mvfa.common.config import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from mvfa.engine.cost import RunCost
 from mvfa.engine.evaluation import Evaluation
 from mvfa.method.metrics import image_metrics, pixel_metrics
+from mvfa.common.flags import flag_values
 from mvfa.common.outputs import atomic_write
-
-
-def flag_values(args: argparse.Namespace) -> Dict:
-    """The flags as JSON values."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 
 
 def extra_metrics(evaluation: Evaluation) -> Dict[str, Optional[float]]:

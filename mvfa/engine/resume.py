@@ -31,7 +31,7 @@ from mvfa.engine.checkpoint import ADAPTER_KEYS, CheckpointError, load_adapters,
 from mvfa.engine.evaluation import Evaluation
 from mvfa.common.flags import TRAINING_FLAGS, flag_text
 from mvfa.common.outputs import atomic_write
-from mvfa.engine.results import flag_values
+from mvfa.common.flags import flag_values
 from mvfa.engine.selection import ModelSelection
 from mvfa.engine.training import AdapterOptimizers
 

@@ -21,7 +21,8 @@ from mvfa.common.flags import FlagError
 from mvfa.common.outputs import WriteFailed, checkpoint_path
 from mvfa.engine.progress import Progress
 from mvfa.engine.resume import ResumePoint
-from mvfa.engine.results import Provenance, flag_values, write_results
+from mvfa.common.flags import flag_values
+from mvfa.engine.results import Provenance, write_results
 from mvfa.engine.runtime import configure_backends, pick_device, resolve_precision
 from mvfa.engine.selection import ModelSelection
 from mvfa.engine.training import AdapterOptimizers

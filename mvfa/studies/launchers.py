@@ -219,7 +219,7 @@ def launch_local(pending: Sequence[Job], scripts: Scripts, devices: List[str], a
     """At most one run per device at a time, each a process of its own writing its log; returns the failed
     runs. Ctrl-C interrupts the running ones (they keep their resume state) and ends the plan."""
     queue: Deque[Job] = deque(pending)
-    running: Dict[str, Tuple[Job, subprocess.Popen]] = {}
+    running: List[Tuple[str, Job, subprocess.Popen]] = []  # (device, run, its process)
     failed: List[Job] = []
     cpu_workers = devices.count(CPU) or 1
     try:
@@ -233,17 +233,15 @@ def launch_local(pending: Sequence[Job], scripts: Scripts, devices: List[str], a
                 with open(job.log, 'w', encoding='utf-8') as log:
                     process = subprocess.Popen([sys.executable, str(scripts.path(job.script)), *argv], env=env,
                                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-                slot = f'{device}#{id(job)}'
-                running[slot] = (job, process)
+                running.append((device, job, process))
                 name = CPU if device == CPU else f'cuda:{device}'
                 write_record(job, 'local', 'running', started=now(), started_unix=time.time(), pid=process.pid,
                              host=os.uname().nodename, device=name)
                 print(f'started {job.run.describe()} on {name} (log {job.log})', flush=True)
             time.sleep(POLL_SECONDS)
-            for slot, (job, process) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[slot]
+            for entry in [entry for entry in running if entry[2].poll() is not None]:
+                running.remove(entry)
+                _, job, process = entry
                 if process.returncode == 0 and job.results.is_file():
                     write_record(job, 'local', 'done', exit_status=0)
                     print(f'done {job.run.describe()}', flush=True)
@@ -253,18 +251,18 @@ def launch_local(pending: Sequence[Job], scripts: Scripts, devices: List[str], a
                     print(f'failed {job.run.describe()} (exit status {process.returncode}); the end of {job.log}:\n'
                           f'{log_tail(job.log)}', flush=True)
     except KeyboardInterrupt:
-        for job, process in running.values():
+        for _, job, process in running:
             process.send_signal(signal.SIGINT)
-        for job, process in running.values():
+        for _, job, process in running:
             process.wait()
             write_record(job, 'local', 'failed', exit_status=process.returncode)
         raise
     return failed
 
 
-def devices_free(devices: List[str], running: Dict[str, Tuple[Job, subprocess.Popen]]) -> List[str]:
+def devices_free(devices: List[str], running: List[Tuple[str, Job, subprocess.Popen]]) -> List[str]:
     """The devices with no run: each entry of --devices is one slot ('cpu,cpu' is two)."""
-    busy = [slot.split('#')[0] for slot in running]
+    busy = [device for device, _, _ in running]
     free = []
     for device in devices:
         if device in busy:

@@ -16,7 +16,8 @@ from dataset.layouts import BMAD, DataError, detect_layout
 from dataset.objects import DEFAULT_SEED_DIR, seed_list_path
 from dataset.validate import validate_object
 from mvfa.common.errors import UserError
-from mvfa.common.flags import ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, PASS_THROUGH, TRAINING_RUNS, flag_text
+from mvfa.common.flags import (ALL_RUNS, DATA_PATH, FEW_SHOT_RUNS, PASS_THROUGH, TRAINING_RUNS, flag_text,
+                               flag_values)
 from mvfa.common.outputs import FILE, Output
 from mvfa.common.sidecar import SIDECAR_FLAGS, CheckpointError
 from mvfa.runs.cli import FEW_SHOT_CHECKPOINTS, ZERO_SHOT_CHECKPOINTS, script_parser
@@ -143,24 +144,20 @@ def command(task: Run, args: argparse.Namespace) -> Tuple[str, List[str]]:
     return task.script(args), script_argv(task, args, checkpoint.parent if checkpoint else task.save_path(args.ckpt_dir))
 
 
-def _json_value(value: object) -> object:
-    return str(value) if isinstance(value, Path) else value
-
-
 def compare_flags(task: Run, args: argparse.Namespace, record: Dict) -> Tuple[bool, Optional[str]]:
     """Whether the results `record` was made by the run's script, and if so how its flags differ from those the
     run's command gives ('--epoch 2, this plan: 3'; None: no difference). A test run's model and draw flags not
     given come from the checkpoint's sidecar: not compared."""
     script, argv = command(task, args)
     parser = script_parser(script)
-    flags = vars(parser.parse_args(argv))
+    flags = flag_values(parser.parse_args(argv))
     made = record.get('flags', {})
     if set(made) != set(flags):  # another script's (a training run's results, met by --skip_train)
         return False, None
     ignored = PLACEMENT if task.trains(args) else TEST_PLACEMENT | (set(SIDECAR_FLAGS) - parser.given(argv, SIDECAR_FLAGS))
     for name in sorted(set(flags) - ignored):
-        if made[name] != _json_value(flags[name]):
-            return True, f'--{name} {flag_text(made[name])}, this plan: {flag_text(_json_value(flags[name]))}'
+        if made[name] != flags[name]:
+            return True, f'--{name} {flag_text(made[name])}, this plan: {flag_text(flags[name])}'
     return True, None
 
 

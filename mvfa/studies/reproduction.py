@@ -14,13 +14,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mvfa.common.config import PAPER
 from mvfa.common.flags import DATA_PATH, NORMALISATION_HELP, PASS_THROUGH, FlagError, FlagParser
-from mvfa.common.outputs import Output, atomic_write, check_outputs, csv_text
+from mvfa.common.outputs import Output, atomic_write, check_outputs
 from mvfa.runs.cli import add_model_arguments
 from mvfa.studies import launchers
 from mvfa.studies.launchers import Job, Scripts
 from mvfa.studies.plan import RELEASED, SETTINGS, Run, check_runs, finished, plan, run_outputs
 from mvfa.studies.studies import STUDIES, STUDY_HELP
-from mvfa.studies.tables import cost_markdown, cost_rows, made_with, made_with_text, summarise, write_summary
+from mvfa.studies.tables import (cost_markdown, cost_rows, made_with, made_with_text, summarise, write_cost,
+                                 write_summary)
 
 LAUNCH_FLAGS = ('launcher', 'devices', 'slurm_partition', 'slurm_time', 'slurm_gpus_per_job', 'slurm_cpus_per_job',
                 'slurm_mem', 'slurm_account', 'slurm_sbatch')
@@ -162,7 +163,7 @@ def run_study(args: argparse.Namespace, scripts: Scripts) -> List[Dict]:
     rows, text = study.write(args.study, outcomes, made, made_with_text(made), out)
     text += cost_markdown(cost)
     atomic_write(out / 'summary.md', text)
-    atomic_write(out / 'cost.csv', csv_text(cost, list(cost[0])))
+    write_cost(out, cost)
     print(text)
     print(f'{args.study} study written to {out}')
     return rows

@@ -250,12 +250,16 @@ def cost_markdown(rows: List[Dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def write_cost(folder: Path, cost: List[Dict]) -> None:
+    atomic_write(folder / 'cost.csv', csv_text(cost, list(cost[0])))
+
+
 def write_summary(rows: List[Dict], made: Dict[str, str], cost: List[Dict], results_dir: Path) -> str:
     """summary.md opens with how the numbers were made and ends with their cost; summary.csv's rows open with
     how they were made; cost.csv has the cost table. Returns summary.md's text."""
     text = markdown(rows, made) + cost_markdown(cost)
     atomic_write(results_dir / 'summary.md', text)
     write_csv(results_dir / 'summary.csv', made, rows)
-    atomic_write(results_dir / 'cost.csv', csv_text(cost, list(cost[0])))
+    write_cost(results_dir, cost)
     print(f'summary written to {results_dir / "summary.md"}, summary.csv and cost.csv')
     return text
